@@ -413,7 +413,13 @@ class RowStreamWriter:
 
 # --------------------------------------------------------------------- publishing
 def staging_path(out: Path) -> Path:
+    """Where a new store is built before `publish` moves it to `out`."""
     return out.parent / f".{out.name}.staging-{os.getpid()}"
+
+
+def work_path(out: Path) -> Path:
+    """Scratch directory for temporary files of a pass (bucket files), beside the output."""
+    return out.parent / f".{out.name}.work-{os.getpid()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -433,7 +439,7 @@ def clean_stale(out: Path) -> None:
     for p in out.parent.glob(f".{out.name}.*-*"):
         kind_pid = p.name[len(out.name) + 2:]
         kind, _, pid = kind_pid.rpartition("-")
-        if kind not in ("staging", "old") or not pid.isdigit():
+        if kind not in ("staging", "old", "work") or not pid.isdigit():
             continue
         if int(pid) == os.getpid() or _pid_alive(int(pid)):
             continue
