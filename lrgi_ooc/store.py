@@ -31,6 +31,8 @@ INDICES = "csr/indices"
 FEATURES = "node/features"
 LABELS = "node/labels"
 SPLIT_PARTS = ("train", "val", "test")
+SUB_INDPTR = "subgraph/train/indptr"     # inductive mode: CSR induced by split/train,
+SUB_INDICES = "subgraph/train/indices"   # global ids, rows of other nodes empty
 
 TARGET_CHUNK_BYTES = 32 << 20
 MIN_CHUNK_ROWS = 4096          # power of two >= page size: any row width stays page-aligned

@@ -1,0 +1,196 @@
+"""`lrgi-ooc embed STORE --layer L`: layer L's output for every node, full neighbourhoods.
+
+Work unit = one output chunk of `layers/L/embeddings`, written whole and atomically by one
+writer, so an interrupted run resumes with the chunks not yet on disk and the same function
+runs unchanged as a Dask task. Within a chunk, edges are processed in pieces of at most
+`max_edges` with an online softmax, so a node of any degree fits in bounded memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .store import GraphStore, config_hash, embeddings_key, train_embeddings_key
+from .train import embed_stage, load_weights, train_stage
+
+DEFAULT_MAX_EDGES = 1 << 21
+PROGRESS_FILE = "progress.json"
+
+
+def add_embed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-edges", type=int, default=DEFAULT_MAX_EDGES,
+                   help="edges processed at once (bounds memory; default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+
+
+def add_embed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store")
+    p.add_argument("--layer", type=int, required=True)
+    add_embed_options(p)
+
+
+def main_embed(args: argparse.Namespace) -> int:
+    embed_layer(args.store, args.layer, max_edges=args.max_edges, device=args.device)
+    return 0
+
+
+# ------------------------------------------------------------------ the computation
+def segment_edges(indptr: np.ndarray, targets: np.ndarray, p0: int, p1: int,
+                  cum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges [p0, p1) of the concatenated in-neighbour lists of `targets`:
+    (local target index, source id)."""
+    pos = np.arange(p0, p1, dtype=np.int64)
+    tl = np.searchsorted(cum, pos, side="right") - 1
+    return tl, pos - cum[tl] + indptr[targets[tl]]
+
+
+def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                  targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
+                  device: Any = "cpu") -> np.ndarray:
+    """ELU(GATConv(x)[targets] + skip(x[targets])) with full neighbourhoods.
+
+    Same semantics as PyG GATConv on the whole graph (existing self-loops replaced by one
+    per node), computed with a running max / sum so edges can stream in bounded pieces."""
+    import torch
+    import torch.nn.functional as F
+
+    gat = block.conv
+    H, C = gat.heads, gat.out_channels
+    targets = np.asarray(targets, dtype=np.int64)
+    R = len(targets)
+    with torch.no_grad():
+        xt = torch.from_numpy(np.asarray(table[targets], dtype=np.float32)).to(device)
+        ht = gat.lin(xt).view(R, H, C)
+        a_src_t = (ht * gat.att_src).sum(-1)
+        a_dst_t = (ht * gat.att_dst).sum(-1)
+        # self loop first: running max m, sum s, weighted accumulator acc
+        m = F.leaky_relu(a_src_t + a_dst_t, gat.negative_slope)
+        s = torch.ones_like(m)
+        acc = ht.clone()
+        deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
+        cum = np.zeros(R + 1, dtype=np.int64)
+        np.cumsum(deg, out=cum[1:])
+        for p0 in range(0, int(cum[-1]), max_edges):
+            p1 = min(p0 + max_edges, int(cum[-1]))
+            tl, pos = segment_edges(indptr, targets, p0, p1, cum)
+            src = np.asarray(indices[pos], dtype=np.int64)
+            keep = src != targets[tl]
+            tl, src = tl[keep], src[keep]
+            if len(src) == 0:
+                continue
+            uniq, inv = np.unique(src, return_inverse=True)
+            hs = gat.lin(torch.from_numpy(np.asarray(table[uniq], dtype=np.float32))
+                         .to(device)).view(len(uniq), H, C)
+            a_s = (hs * gat.att_src).sum(-1)
+            tl_t = torch.from_numpy(tl).to(device)
+            inv_t = torch.from_numpy(inv).to(device)
+            e = F.leaky_relu(a_s[inv_t] + a_dst_t[tl_t], gat.negative_slope)
+            pm = torch.full_like(m, -torch.inf).scatter_reduce(
+                0, tl_t[:, None].expand(-1, H), e, reduce="amax", include_self=True)
+            new_m = torch.maximum(m, pm)
+            scale = torch.exp(m - new_m)
+            w = torch.exp(e - new_m[tl_t])
+            s = s * scale + torch.zeros_like(s).index_add_(0, tl_t, w)
+            acc = acc * scale[..., None] + torch.zeros_like(acc).index_add_(
+                0, tl_t, w[..., None] * hs[inv_t])
+            m = new_m
+        out = (acc / s[..., None]).reshape(R, H * C)
+        if gat.bias is not None:
+            out = out + gat.bias
+        out = F.elu(out + block.skip(xt))
+    return out.cpu().numpy()
+
+
+# ------------------------------------------------------------------ the stage
+def embed_config(store: GraphStore, layer: int) -> dict[str, Any]:
+    rec = store.stage_record(train_stage(layer))
+    if rec is None:
+        raise InputError(f"{store.path}: layer {layer} is not trained; run "
+                         f"`lrgi-ooc train {store.path} --layer {layer}` first")
+    return {"layer": int(layer), "train": rec["config_hash"]}
+
+
+def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int) -> Path:
+    """Create (or keep, when resuming the same configuration) the output arrays."""
+    run = store.run_dir(embed_stage(layer))
+    prog = run / PROGRESS_FILE
+    chash = config_hash(conf)
+    resuming = prog.exists() and json.loads(prog.read_text()).get("config_hash") == chash
+    key = embeddings_key(layer)
+    if not (resuming and store.has(key)):
+        store.create_array(key, (store.num_nodes, dim), np.float32)
+        tmp = prog.with_name(prog.name + ".tmp")
+        tmp.write_text(json.dumps({"config_hash": chash}))
+        os.replace(tmp, prog)
+    return run
+
+
+def pending_chunks(store: GraphStore, key: str) -> list[int]:
+    info = store.info(key)
+    return [i for i in range(info.num_chunks) if not store.chunk_written(key, i)]
+
+
+def embed_chunk(store: GraphStore, layer: int, key: str, i: int, block, graph, table,
+                max_edges: int, device: Any, targets: np.ndarray | None = None) -> int:
+    """Compute and write output chunk i of `key` (rows = node ids, or `targets` rows)."""
+    info = store.info(key)
+    a, b = info.chunk_bounds(i)
+    ids = np.arange(a, b, dtype=np.int64) if targets is None else targets[a:b]
+    out = block_forward(block, table, graph[0], graph[1], ids, max_edges, device)
+    store.write_chunk(key, i, out)
+    return int(graph[0][ids + 1].sum() - graph[0][ids].sum()) if len(ids) else 0
+
+
+def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
+                device: str = "auto") -> dict[str, Any]:
+    from .progress import bar
+    from .train import graph_for, resolve_device, seed_nodes
+
+    store = GraphStore(store_path)
+    stage = embed_stage(layer)
+    conf = embed_config(store, layer)
+    if store.stage_complete(stage, conf):
+        print(f"layer {layer}: embeddings already written with this configuration (skipping)")
+        return store.stage_record(stage)
+    if max_edges <= 0:
+        raise InputError(f"--max-edges: must be positive, got {max_edges}")
+    store.clear_stage(stage)
+    block, blob = load_weights(store, layer)
+    dev = resolve_device(device)
+    block = block.to(dev)
+    table = store.table(layer - 1)
+    if table.shape[1] != blob["in_dim"]:
+        raise InputError(f"{store.path}: layer {layer} was trained on width {blob['in_dim']} "
+                         f"but its input table has width {table.shape[1]}")
+    dim = int(blob["config"]["dim"])
+    prepare_output(store, layer, conf, dim)
+    inductive = bool(blob["config"].get("inductive"))
+    jobs: list[tuple[str, Any, np.ndarray | None]] = [
+        (embeddings_key(layer), (store.indptr(), store.indices()), None)]
+    if inductive:
+        train_ids = seed_nodes(store, True)
+        tkey = train_embeddings_key(layer)
+        if not store.has(tkey):
+            store.create_array(tkey, (len(train_ids), dim), np.float32)
+        jobs.append((tkey, graph_for(store, True), train_ids))
+    t0 = time.time()
+    edges = 0
+    for key, graph, targets in jobs:
+        todo = pending_chunks(store, key)
+        info = store.info(key)
+        with bar(info.num_rows, f"embed layer {layer}", unit="node",
+                 initial=info.num_rows - sum(np.diff(info.chunk_bounds(i))[0] for i in todo)) as pb:
+            for i in todo:
+                edges += embed_chunk(store, layer, key, i, block, graph, table, max_edges, dev,
+                                     targets)
+                pb.update(int(np.diff(info.chunk_bounds(i))[0]))
+    secs = time.time() - t0
+    store.mark_stage(stage, conf, seconds=round(secs, 2), edges=int(edges))
+    return store.stage_record(stage)
