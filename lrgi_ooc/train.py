@@ -123,14 +123,13 @@ def graph_for(store: GraphStore, inductive: bool) -> tuple[np.ndarray, np.ndarra
     return training_subgraph(store, seed_nodes(store, True))
 
 
-def total_steps(cfg: TrainConfig, num_seeds: int) -> tuple[int, int]:
-    """(steps per epoch, total steps). Default budget: ~50 epochs, clamped to [300, 3000]."""
-    per_epoch = max(1, math.ceil(num_seeds / cfg.batch_size))
+def total_steps(cfg: TrainConfig, per_epoch: int) -> int:
+    """Total steps. Default budget: ~50 epochs, clamped to [300, 3000]."""
     if cfg.steps is not None:
-        return per_epoch, cfg.steps
+        return cfg.steps
     if cfg.epochs is not None:
-        return per_epoch, cfg.epochs * per_epoch
-    return per_epoch, int(min(max(50 * per_epoch, 300), 3000))
+        return cfg.epochs * per_epoch
+    return int(min(max(50 * per_epoch, 300), 3000))
 
 
 def lr_lambda(total: int, warmup: float):
@@ -220,7 +219,11 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     device = resolve_device(cfg.device)
     seeds = seed_nodes(store, cfg.inductive)
     indptr, indices = graph_for(store, cfg.inductive)
-    per_epoch, steps = total_steps(cfg, len(seeds))
+    sampler = OneHopSampler(indptr, indices, tuple(cfg.fanout), norm=cfg.norm, seed=cfg.seed)
+    per_epoch = len(sampler.epoch_batches(seeds, cfg.batch_size, 0))
+    if per_epoch == 0:
+        raise InputError(f"{store.path}: fewer than 2 seed nodes to train on")
+    steps = total_steps(cfg, per_epoch)
     run = store.run_dir(stage)
     ckpt_path, metrics_path = run / CHECKPOINT_FILE, run / METRICS_FILE
     chash = config_hash(conf)
@@ -245,8 +248,6 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     else:
         metrics_path.unlink(missing_ok=True)
     _trim_metrics(metrics_path, step)
-
-    sampler = OneHopSampler(indptr, indices, tuple(cfg.fanout), norm=cfg.norm, seed=cfg.seed)
 
     def checkpoint() -> None:
         _save_atomic({"config_hash": chash, "config": conf, "step": step,
