@@ -258,34 +258,30 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     model.train()
     t0 = time.time()
     pbar = bar(steps, f"train layer {layer}", unit="step", initial=step)
-    with open(metrics_path, "a") as mf:
+    loader = BatchLoader(sampler, table, seeds, cfg.batch_size, device=device)
+    with open(metrics_path, "a") as mf, loader:
         while step < steps:
             epoch, start = divmod(step, per_epoch)
-            loader = BatchLoader(sampler, table, seeds, cfg.batch_size, epoch=epoch,
-                                 start_step=start, device=device)
-            try:
-                for tb in loader:
-                    u, v = model(tb)
-                    loss, terms = lrgi_loss(u, v, model.h_phi, model.h_psi, cfg.lambdas)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    step += 1
-                    pbar.update(1)
-                    pbar.set_postfix({k: f"{terms[k]:.3g}" for k in ("loss", "rec", "var", "cov")},
-                                     refresh=False)
-                    if step % cfg.log_every == 0 or step == steps:
-                        mf.write(json.dumps({"step": step, "epoch": epoch, **terms,
-                                             "lr": sched.get_last_lr()[0],
-                                             "seconds": round(time.time() - t0, 3)}) + "\n")
-                        mf.flush()
-                    if step % cfg.checkpoint_every == 0 or step == steps:
-                        checkpoint()
-                    if step >= steps:
-                        break
-            finally:
-                loader.close()
+            for tb in loader.iter_epoch(epoch, start):
+                u, v = model(tb)
+                loss, terms = lrgi_loss(u, v, model.h_phi, model.h_psi, cfg.lambdas)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                pbar.update(1)
+                pbar.set_postfix({k: f"{terms[k]:.3g}" for k in ("loss", "rec", "var", "cov")},
+                                 refresh=False)
+                if step % cfg.log_every == 0 or step == steps:
+                    mf.write(json.dumps({"step": step, "epoch": epoch, **terms,
+                                         "lr": sched.get_last_lr()[0],
+                                         "seconds": round(time.time() - t0, 3)}) + "\n")
+                    mf.flush()
+                if step % cfg.checkpoint_every == 0 or step == steps:
+                    checkpoint()
+                if step >= steps:
+                    break
     pbar.close()
     model.eval()
     _save_atomic({"config": conf, "in_dim": in_dim,

@@ -1,0 +1,48 @@
+"""Small stores for tests, built through the project's own store and CSR builder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lrgi_ooc.csrbuild import build_csr
+from lrgi_ooc.store import FEATURES, LABELS, GraphStore
+
+
+def random_edges(n: int, avg_deg: float, seed: int, hubs: int = 0) -> np.ndarray:
+    """[2, E] random directed edges; `hubs` nodes receive from a large share of the graph."""
+    rng = np.random.default_rng(seed)
+    e = int(n * avg_deg)
+    src = rng.integers(0, n, e)
+    dst = rng.integers(0, n, e)
+    if hubs:
+        k = max(1, e // 4)
+        dst[:k] = rng.integers(0, hubs, k)
+    return np.stack([src, dst])
+
+
+def make_store(path: Path, n: int = 500, avg_deg: float = 6, feat: int = 16, seed: int = 0,
+               classes: int = 3, hubs: int = 0, undirected: bool = True,
+               features: np.ndarray | None = None) -> GraphStore:
+    ei = random_edges(n, avg_deg, seed, hubs)
+    s = GraphStore.create(path, {"num_nodes": n, "num_edges": 0})
+    r = build_csr(s, lambda: iter([(ei[0], ei[1])]), n, source="test", undirected=undirected,
+                  workdir=Path(str(path) + ".work"))
+    s.update_meta(num_edges=r.num_edges)
+    rng = np.random.default_rng(seed + 1)
+    x = features if features is not None else rng.standard_normal((n, feat)).astype(np.float32)
+    s.write_array(FEATURES, x)
+    s.write_array(LABELS, rng.integers(0, classes, n).astype(np.int64))
+    perm = rng.permutation(n)
+    a, b = n // 10, n // 5
+    s.write_split({"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]),
+                   "test": np.sort(perm[b:])})
+    s.mark_stage("preprocess", {"test": seed})
+    return s
+
+
+def edge_index_of(store: GraphStore) -> np.ndarray:
+    """[2, E] (src, dst) of the stored CSR: row i lists the sources of edges into i."""
+    indptr, indices = store.indptr(), store.indices()
+    dst = np.repeat(np.arange(store.num_nodes), np.diff(indptr))
+    return np.stack([np.asarray(indices, dtype=np.int64), dst])

@@ -1,0 +1,136 @@
+"""train / embed / layer as stages: outputs, resume after SIGKILL, errors (exit 2)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from graphs import edge_index_of, make_store
+from lrgi_ooc.cli import main
+from lrgi_ooc.store import GraphStore
+from lrgi_ooc.train import load_weights
+
+SMALL = ["--dim", "16", "--heads", "2", "--batch-size", "64", "--fanout", "4,3"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LRGI_OOC_QUIET="1")
+    return subprocess.run([sys.executable, "-m", "lrgi_ooc", *args], capture_output=True,
+                          text=True, env=env)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, LRGI_OOC_QUIET="1")
+    return subprocess.Popen([sys.executable, "-m", "lrgi_ooc", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_layer_writes_table_equal_to_full_graph_forward(tmp_path):
+    s = make_store(tmp_path / "g.zarr", n=400, feat=8)
+    assert main(["layer", str(s.path), "--layer", "1", "--steps", "6", *SMALL]) == 0
+    assert main(["layer", str(s.path), "--layer", "2", "--steps", "6", *SMALL]) == 0
+    ei = torch.from_numpy(edge_index_of(s))
+    x = torch.from_numpy(np.array(s.table(0)))
+    for layer in (1, 2):
+        block, _ = load_weights(s, layer)
+        with torch.no_grad():
+            x = block(x, ei)
+        np.testing.assert_allclose(np.asarray(s.table(layer)), x.numpy(), rtol=1e-5, atol=1e-5)
+    assert s.stage_complete("train/2") and s.stage_complete("embed/2")
+    # a second run skips both stages and changes nothing
+    before = np.array(s.table(2))
+    assert main(["layer", str(s.path), "--layer", "2", "--steps", "6", *SMALL]) == 0
+    np.testing.assert_array_equal(np.asarray(s.table(2)), before)
+
+
+def test_changed_config_retrains_and_invalidates_downstream(tmp_path):
+    s = make_store(tmp_path / "g.zarr", n=300, feat=8)
+    for layer in (1, 2):
+        assert main(["layer", str(s.path), "--layer", str(layer), "--steps", "4", *SMALL]) == 0
+    first = np.array(s.table(1))
+    assert main(["layer", str(s.path), "--layer", "1", "--steps", "4", "--seed", "7", *SMALL]) == 0
+    assert not np.array_equal(first, np.asarray(s.table(1)))
+    # layer 2 was trained on the old table: its record no longer matches its input
+    assert main(["train", str(s.path), "--layer", "2", "--steps", "4", *SMALL]) == 0
+    assert s.stage_complete("train/2") and not s.stage_complete("embed/2")
+
+
+def _wait_for(path_fn, proc, timeout=240.0):
+    t0 = time.time()
+    while not path_fn():
+        assert proc.poll() is None, "process ended before the kill point"
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+
+
+def test_train_killed_then_resumed_matches_uninterrupted(tmp_path):
+    args = ["--layer", "1", "--steps", "40", "--checkpoint-every", "5", *SMALL]
+    ref = make_store(tmp_path / "ref.zarr", n=600, feat=8)
+    assert run_cli("layer", str(ref.path), *args).returncode == 0
+    s = make_store(tmp_path / "g.zarr", n=600, feat=8)
+    ckpt = Path(str(s.path) + ".runs") / "train-1" / "checkpoint.pt"
+    p = start_cli("train", str(s.path), *args)
+    _wait_for(ckpt.exists, p)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not GraphStore(s.path).stage_complete("train/1")
+    r = run_cli("layer", str(s.path), *args)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.asarray(GraphStore(s.path).table(1)),
+                                  np.asarray(GraphStore(ref.path).table(1)))
+
+
+def test_embed_killed_then_resumed_matches_uninterrupted(tmp_path):
+    # > 4096 rows per chunk: 5 output chunks of 4096 rows
+    args = ["--layer", "1", "--steps", "3", *SMALL]
+    s = make_store(tmp_path / "g.zarr", n=18000, feat=8, avg_deg=4)
+    assert main(["train", str(s.path), *args]) == 0
+    p = start_cli("embed", str(s.path), "--layer", "1", "--max-edges", "2000")
+    info = lambda: GraphStore(s.path).has("layers/1/embeddings") and \
+        GraphStore(s.path).chunk_written("layers/1/embeddings", 0)
+    _wait_for(info, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    s = GraphStore(s.path)
+    assert not s.stage_complete("embed/1")
+    r = run_cli("embed", str(s.path), "--layer", "1")
+    assert r.returncode == 0, r.stderr
+    got = np.array(s.table(1))
+    block, _ = load_weights(s, 1)
+    with torch.no_grad():
+        ref = block(torch.from_numpy(np.array(s.table(0))),
+                    torch.from_numpy(edge_index_of(s))).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_errors_exit_2(tmp_path, capsys):
+    s = make_store(tmp_path / "g.zarr", n=200, feat=8)
+    cases = [
+        (["train", str(s.path), "--layer", "2", *SMALL], "layer 1"),
+        (["embed", str(s.path), "--layer", "1"], "not trained"),
+        (["train", str(s.path), "--layer", "1", "--dim", "10", "--heads", "4"], "divisible"),
+        (["train", str(s.path), "--layer", "1", "--fanout", "10"], "fanout"),
+        (["train", str(tmp_path / "nope.zarr"), "--layer", "1"], "does not exist"),
+    ]
+    bad_cfg = tmp_path / "bad.toml"
+    bad_cfg.write_text("[train]\ndimm = 3\n")
+    cases.append((["train", str(s.path), "--layer", "1", "--config", str(bad_cfg)], "dimm"))
+    wrong_type = tmp_path / "wrong.toml"
+    wrong_type.write_text("[train]\ndim = 'wide'\n")
+    cases.append((["train", str(s.path), "--layer", "1", "--config", str(wrong_type)], "dim"))
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    # a store of another format version is refused
+    s.update_meta(format_version=99)
+    assert main(["train", str(s.path), "--layer", "1"]) == 2
+    assert "format version" in capsys.readouterr().err
