@@ -1,26 +1,28 @@
-"""Out-of-core CSR construction under a memory budget (numba counting sort, bucket files).
+"""Out-of-core CSR construction under a memory budget (numba counting sorts, bucket files).
 
 Passes (each with a progress bar, unit "edges"):
-1. validate: stream the input once, check ids, copy the edges as (src, dst) pairs into a temp
-   file in `workdir` (kept in memory instead while the whole build fits the budget), and count
-   in-edges per block of node ids (a coarse histogram, at most `_HIST_BINS` bins);
-2. bucket (only when one pass does not fit): choose destination-node ranges whose edges and
-   nodes fit the budget from the histogram and split the pairs into one file per range;
-3. build: per range, counting sort by destination, sort + deduplicate each row, append to
-   `csr/indptr` and `csr/indices` through the store's chunk writers.
+1. validate: stream the input once, check ids, copy edges as (src, dst) pairs into a temp file
+   in `workdir` (kept in memory instead while one pass fits the budget) and count in-edges per
+   block of node ids (a coarse histogram of at most `_HIST_BINS` bins);
+2. bucket (only when one pass does not fit): from the histogram, cut the nodes into ranges
+   whose edges and nodes fit the budget and split the pairs into one file per range;
+3. build, per range: partition edges by destination into parts of 2^15 nodes (sizes known from
+   the histogram: sequential streams), then per part, in cache, an in-place counting sort by
+   destination and a sort + deduplication of each row; append to `csr/indptr` / `csr/indices`.
 
-Temp files are read with plain reads into reused buffers, never mmapped: mapped file pages
-count in RSS. Peak RSS stays within `memory_limit` plus a fixed overhead: the interpreter and
-imported libraries (about 150 MB with numpy, numba and zarr; see docs/benchmarks.md) and
-one input chunk of the caller's iterator. A single histogram block of ceil(N / 2^20) nodes
-whose in-edges alone exceed the budget is built as one bucket, over budget.
+A range costs 6 B per stored edge (int32 source, uint16 destination within its part) plus 8 B
+per node; temp files are read with plain reads into reused buffers, never mmapped (mapped file
+pages count in RSS). Peak RSS stays within `memory_limit` plus a fixed overhead: the
+interpreter and imported libraries (numpy, numba, zarr: see docs/benchmarks.md, "Preprocessing")
+plus one chunk of the caller's input iterator. Limitation: one histogram block (N / 2^16 nodes,
+at least one node) whose in-edges alone exceed the budget is built as one range, over budget.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from numba import njit
@@ -30,10 +32,12 @@ from . import store as store_module
 from .errors import InputError
 from .store import GraphStore
 
-_HIST_BINS = 1 << 20          # coarse in-degree histogram over blocks of node ids (8 MB)
-_ID32_LIMIT = 2 ** 31         # temp pairs are int32 while every id is below this
+_HIST_BINS = 1 << 16       # in-degree histogram over blocks of node ids (512 KB)
+_PART_SHIFT = 15           # nodes per cache-resident part: 2^15
+_PIECE = 1 << 20           # edges per read of a temp file
+_PART_TMP = 1 << 22        # parts up to this many edges sort out of place (faster)
+_ID32_LIMIT = 2 ** 31      # temp pairs are int32 while every id is below this
 _MIN_BUDGET = 1 << 16
-_MAX_BLOCK = 1 << 22          # edges per read/write block of the bucket pass
 
 
 @dataclass
@@ -48,19 +52,11 @@ class CSRResult:
 # ----------------------------------------------------------------------------- kernels
 @njit(cache=True)
 def _minmax(s, d):
-    mn = np.int64(0)
-    mx = np.int64(-1)
+    mn, mx = np.int64(0), np.int64(-1)
     for i in range(len(s)):
-        a = np.int64(s[i])
-        b = np.int64(d[i])
-        if a < mn:
-            mn = a
-        if b < mn:
-            mn = b
-        if a > mx:
-            mx = a
-        if b > mx:
-            mx = b
+        a, b = np.int64(s[i]), np.int64(d[i])
+        mn = min(mn, a, b)
+        mx = max(mx, a, b)
     return mn, mx
 
 
@@ -69,8 +65,7 @@ def _scan(s, d, pairs, hist, shift, undirected, drop_loops):
     """Copy edges into `pairs`, count in-edges per id block; return the number of self loops."""
     loops = 0
     for i in range(len(s)):
-        a = np.int64(s[i])
-        b = np.int64(d[i])
+        a, b = np.int64(s[i]), np.int64(d[i])
         pairs[i, 0] = a
         pairs[i, 1] = b
         if a == b:
@@ -84,101 +79,107 @@ def _scan(s, d, pairs, hist, shift, undirected, drop_loops):
 
 
 @njit(cache=True)
-def _partition(pairs, shift, block_bucket, undirected, drop_loops, bounds, out):
-    """Counting sort of edges (and reverses) by bucket of their destination into `out`."""
+def _route(pairs, shift, block_bucket, undirected, drop_loops, bounds, out):
+    """Counting sort of edges (and reverses) by the range of their destination."""
     bounds[:] = 0
     for i in range(pairs.shape[0]):
-        a = pairs[i, 0]
-        b = pairs[i, 1]
-        if drop_loops and a == b:
-            continue
-        bounds[block_bucket[b >> shift] + 1] += 1
-        if undirected:
-            bounds[block_bucket[a >> shift] + 1] += 1
+        a, b = pairs[i, 0], pairs[i, 1]
+        if not (drop_loops and a == b):
+            bounds[block_bucket[b >> shift] + 1] += 1
+            if undirected:
+                bounds[block_bucket[a >> shift] + 1] += 1
     for k in range(1, len(bounds)):
         bounds[k] += bounds[k - 1]
     for i in range(pairs.shape[0]):
-        a = pairs[i, 0]
-        b = pairs[i, 1]
-        if drop_loops and a == b:
-            continue
-        k = block_bucket[b >> shift]
-        out[bounds[k], 0] = a
-        out[bounds[k], 1] = b
-        bounds[k] += 1
-        if undirected:
-            k = block_bucket[a >> shift]
-            out[bounds[k], 0] = b
-            out[bounds[k], 1] = a
+        a, b = pairs[i, 0], pairs[i, 1]
+        if not (drop_loops and a == b):
+            k = block_bucket[b >> shift]
+            out[bounds[k], 0], out[bounds[k], 1] = a, b
             bounds[k] += 1
+            if undirected:
+                k = block_bucket[a >> shift]
+                out[bounds[k], 0], out[bounds[k], 1] = b, a
+                bounds[k] += 1
     for k in range(len(bounds) - 1, 0, -1):
         bounds[k] = bounds[k - 1]
     bounds[0] = 0
 
 
 @njit(cache=True)
-def _count(pairs, lo, undirected, drop_loops, indptr):
+def _parts(pairs, lo, pshift, undirected, drop_loops, pos, out, dl):
+    """Append sources to their destination's part (out) with the destination within it (dl)."""
+    mask = (1 << pshift) - 1
     for i in range(pairs.shape[0]):
-        a = pairs[i, 0]
-        b = pairs[i, 1]
-        if drop_loops and a == b:
-            continue
-        indptr[b - lo + 1] += 1
-        if undirected:
-            indptr[a - lo + 1] += 1
-
-
-@njit(cache=True)
-def _scatter(pairs, lo, undirected, drop_loops, indptr, out):
-    """Scatter sources into rows; advances indptr[r] to the end of row r (undo: _unshift)."""
-    for i in range(pairs.shape[0]):
-        a = pairs[i, 0]
-        b = pairs[i, 1]
+        a, b = pairs[i, 0], pairs[i, 1]
         if drop_loops and a == b:
             continue
         r = b - lo
-        out[indptr[r]] = a
-        indptr[r] += 1
+        q = r >> pshift
+        out[pos[q]] = a
+        dl[pos[q]] = r & mask
+        pos[q] += 1
         if undirected:
             r = a - lo
-            out[indptr[r]] = b
-            indptr[r] += 1
+            q = r >> pshift
+            out[pos[q]] = b
+            dl[pos[q]] = r & mask
+            pos[q] += 1
 
 
 @njit(cache=True)
-def _unshift(indptr):
-    for k in range(len(indptr) - 1, 0, -1):
-        indptr[k] = indptr[k - 1]
-    indptr[0] = 0
-
-
-@njit(cache=True)
-def _sort_rows(indptr, out, dedup):
-    """Sort each row in place; with dedup, compact out and rewrite indptr. Returns the size."""
+def _rows(out, dl, starts, pshift, nrows, dedup, indptr, cnt, nxt, tmp):
+    """Per part: counting sort by dl (scattered through `tmp` when the part fits it, in place
+    otherwise), then sort (+ dedup) each row, compacting `out` to the front; indptr[r + 1] =
+    end of row r. Returns the number of stored entries."""
+    size = 1 << pshift
     w = 0
-    a = indptr[0]
-    for i in range(len(indptr) - 1):
-        b = indptr[i + 1]
-        k = b - a
-        if k > 32:
-            out[a:b].sort()
+    indptr[0] = 0
+    for q in range(len(starts) - 1):
+        a0, a1 = starts[q], starts[q + 1]
+        r0 = q * size
+        nr = min(size, nrows - r0)
+        cnt[:nr + 1] = 0
+        for j in range(a0, a1):
+            cnt[dl[j] + 1] += 1
+        for r in range(nr):
+            cnt[r + 1] += cnt[r]
+        nxt[:nr] = cnt[:nr]
+        if a1 - a0 <= len(tmp):
+            src, base = tmp, 0
+            for j in range(a0, a1):
+                t = dl[j]
+                tmp[nxt[t]] = out[j]
+                nxt[t] += 1
         else:
-            for j in range(a + 1, b):
-                v = out[j]
-                t = j - 1
-                while t >= a and out[t] > v:
-                    out[t + 1] = out[t]
-                    t -= 1
-                out[t + 1] = v
-        if dedup:
+            src, base = out, a0
+            for r in range(nr):                    # American flag sort: cycle elements home
+                while nxt[r] < cnt[r + 1]:
+                    j = a0 + nxt[r]
+                    t = dl[j]
+                    if t == r:
+                        nxt[r] += 1
+                    else:
+                        k = a0 + nxt[t]
+                        nxt[t] += 1
+                        out[j], out[k] = out[k], out[j]
+                        dl[j] = dl[k]
+        for r in range(nr):
+            a, b = base + cnt[r], base + cnt[r + 1]
+            if b - a > 24:
+                src[a:b].sort()
+            else:
+                for j in range(a + 1, b):
+                    v = src[j]
+                    t = j - 1
+                    while t >= a and src[t] > v:
+                        src[t + 1] = src[t]
+                        t -= 1
+                    src[t + 1] = v
             for j in range(a, b):
-                if j == a or out[j] != out[j - 1]:
-                    out[w] = out[j]
+                if not dedup or j == a or src[j] != src[j - 1]:
+                    out[w] = src[j]
                     w += 1
-        else:
-            w = b
-        indptr[i + 1] = w
-        a = b
+            indptr[r0 + r + 1] = w
     return w
 
 
@@ -196,13 +197,13 @@ def _as_ids(a: np.ndarray, source: str) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(a) | (np.floor(a) != a))
         if len(bad):
             raise InputError(f"{source}: node id {float(a[bad[0]])!r} is not an integer")
-        if len(a) and (a.max() >= 2.0 ** 63 or a.min() < -2.0 ** 63):
+        if len(a) and np.abs(a).max() >= 2.0 ** 63:
             raise InputError(f"{source}: node id {float(np.abs(a).max())!r} is too large")
         return a.astype(np.int64)
     raise InputError(f"{source}: node ids must be integers, got dtype {a.dtype}")
 
 
-def _read_into(f, buf: np.ndarray) -> None:
+def _read_into(f, buf: np.ndarray) -> np.ndarray:
     view = memoryview(buf.reshape(-1).view(np.uint8))
     got = 0
     while got < len(view):
@@ -210,35 +211,14 @@ def _read_into(f, buf: np.ndarray) -> None:
         if not n:
             raise OSError(f"{f.name}: temp file is truncated")
         got += n
-
-
-def _grow(buf: np.ndarray | None, rows: int, dtype, width: int = 2) -> np.ndarray:
-    """A reusable buffer of at least `rows` rows (reusing memory avoids first-touch cost)."""
-    if buf is None or buf.shape[0] < rows or buf.dtype != dtype:
-        shape = (rows, width) if width > 1 else (rows,)
-        return np.empty(shape, dtype)
     return buf
 
 
-class _Writer:
-    """indptr / indices written through the store's chunk writers, in row order."""
-
-    def __init__(self, store: GraphStore, n: int):
-        store.create_array(store_module.INDPTR, (n + 1,), np.int64)
-        self.indptr = store.stream_writer(store_module.INDPTR)
-        self.indptr.write(np.zeros(1, np.int64))
-        self.offset = 0
-
-    def rows(self, local_indptr: np.ndarray) -> None:
-        local_indptr[1:] += self.offset
-        self.indptr.write(local_indptr[1:])
-        self.offset = int(local_indptr[-1])
-
-
-# ----------------------------------------------------------------------------- builder
 class _Build:
-    def __init__(self, store, num_nodes, source, undirected, drop_loops, dedup, memory_limit,
-                 workdir):
+    """State of one build: histogram, held or spilled pairs, temp files, reused buffers."""
+
+    def __init__(self, store: GraphStore, num_nodes: int | None, source: str, undirected: bool,
+                 drop_loops: bool, dedup: bool, memory_limit: int, workdir: Path):
         self.store, self.source = store, source
         self.und, self.drop, self.dedup = bool(undirected), bool(drop_loops), bool(dedup)
         self.n_given = None if num_nodes is None else int(num_nodes)
@@ -247,51 +227,71 @@ class _Build:
         self.workdir = Path(workdir)
         self.made_workdir = not self.workdir.exists()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.prefix = self.workdir / f"csr-{os.getpid()}-{id(self):x}"
+        self.prefix = f"csr-{os.getpid()}-{id(self):x}"
         self.files: list[Path] = []
         self.hist = np.zeros(_HIST_BINS, np.int64)
         self.shift = 0
-        top = (self.n_given or 1) - 1
-        while (top >> self.shift) >= _HIST_BINS:
-            self.shift += 1
+        self._fit_hist((self.n_given or 1) - 1)
         self.id_dt = np.dtype(np.int32 if (self.n_given or 0) <= _ID32_LIMIT else np.int64)
-        self.max_id = -1
-        self.m = 0
-        self.loops = 0
+        self.max_id, self.m, self.loops = -1, 0, 0
         self.held: list[np.ndarray] = []
         self.spill: Path | None = None
-        self.scratch: np.ndarray | None = None
-        self.budget = self._work_budget(memory_limit)
+        self.bufs: dict[str, np.ndarray] = {}
+        self.budget = self._work_budget(int(memory_limit))
 
-    # ------------------------------------------------------------------ budget
+    # ------------------------------------------------------------------ sizes and buffers
     def _work_budget(self, memory_limit: int) -> int:
-        """What the sort buffers may use: the limit minus the histogram and writer buffers
-        (each writer holds a chunk plus its serialised copy)."""
-        n_guess = max(self.n_given or 0, 1 << 24)
-        reserve = self.hist.nbytes
-        reserve += 2 * 8 * store_module.chunk_rows_for(n_guess + 1, 8)
-        reserve += 2 * 4 * store_module.chunk_rows_for(1 << 30, 4)
-        return max(int(memory_limit) - reserve, int(memory_limit) // 4, _MIN_BUDGET)
+        """The limit minus what is live beside the sort buffers: the histogram, one temp-file
+        piece, and the two chunk writers (a chunk each, plus one serialised copy)."""
+        n_guess = self.n_given or 1 << 24
+        ptr_chunk = 8 * store_module.chunk_rows_for(n_guess + 1, 8)
+        idx_chunk = 4 * store_module.chunk_rows_for(1 << 30, 4)
+        reserve = (self.hist.nbytes + 16 * _PIECE + (16 << _PART_SHIFT) + 8 * _PART_TMP
+                   + ptr_chunk + idx_chunk + max(ptr_chunk, idx_chunk))
+        return max(memory_limit - reserve, memory_limit // 4, _MIN_BUDGET)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.n_given if self.n_given is not None else self.max_id + 1
 
     @property
     def out_dt(self) -> np.dtype:
         return np.dtype(np.int32 if self.num_nodes < 2 ** 31 else np.int64)
 
     @property
-    def num_nodes(self) -> int:
-        return self.n_given if self.n_given is not None else self.max_id + 1
+    def pshift(self) -> int:
+        return max(_PART_SHIFT, self.shift)
 
-    def _one_pass_cost(self, m: int) -> int:
-        stored = m * (2 if self.und else 1)
-        return (m * 2 * self.id_dt.itemsize + stored * self.out_dt.itemsize
-                + 16 * (self.num_nodes + 1))
+    @property
+    def per_edge(self) -> int:
+        """Bytes per stored edge while a range is built: source + destination within its part."""
+        return self.out_dt.itemsize + (2 if self.pshift <= 16 else 4)
+
+    @property
+    def stored(self) -> int:
+        """Stored edges before deduplication."""
+        return (self.m - (self.loops if self.drop else 0)) * (2 if self.und else 1)
+
+    def _one_pass_cost(self, m: int, stored: int) -> int:
+        # held pairs are freed while the parts fill, so the peak is the larger of the two
+        return (max(m * 2 * self.id_dt.itemsize, stored * self.per_edge)
+                + 8 * (self.num_nodes + 1))
+
+    def _buf(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A reused buffer (fresh memory pays a slow first touch on these machines)."""
+        b = self.bufs.get(name)
+        if b is None or b.dtype != dtype or b.shape[0] < shape[0]:
+            self.bufs.pop(name, None)
+            b = self.bufs[name] = np.empty(shape, dtype)
+        return b[:shape[0]]
 
     def _tmp(self, name: str) -> Path:
-        p = Path(f"{self.prefix}-{name}")
+        p = self.workdir / f"{self.prefix}-{name}"
         self.files.append(p)
         return p
 
     def cleanup(self) -> None:
+        self.held, self.bufs = [], {}
         for p in self.files:
             p.unlink(missing_ok=True)
         if self.made_workdir:
@@ -300,18 +300,27 @@ class _Build:
             except OSError:
                 pass
 
+    def _fit_hist(self, max_id: int) -> None:
+        k = 0
+        while (max_id >> (self.shift + k)) >= _HIST_BINS:
+            k += 1
+        if k:
+            folded = self.hist.reshape(-1, 1 << k).sum(axis=1)
+            self.hist[:] = 0
+            self.hist[:len(folded)] = folded
+            self.shift += k
+
     # ------------------------------------------------------------------ pass 1: validate
-    def validate(self, chunks) -> None:
+    def validate(self, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]) -> None:
         with progress.bar(None, "validate edges", unit="edges") as pb:
             for s, d in chunks():
                 s, d = _as_ids(s, self.source), _as_ids(d, self.source)
                 if len(s) != len(d):
                     raise InputError(f"{self.source}: source and destination columns differ "
                                      f"in length ({len(s)} vs {len(d)})")
-                if len(s) == 0:
-                    continue
-                self._add(s, d)
-                pb.update(len(s))
+                if len(s):
+                    self._add(s, d)
+                    pb.update(len(s))
         if self.m == 0:
             raise InputError(f"{self.source}: the edge list is empty")
 
@@ -324,90 +333,76 @@ class _Build:
         if mx >= _ID32_LIMIT and self.id_dt == np.int32:
             self._widen_ids()
         self.max_id = max(self.max_id, int(mx))
-        k = 0
-        while (mx >> (self.shift + k)) >= _HIST_BINS:
-            k += 1
-        if k:
-            folded = self.hist.reshape(-1, 1 << k).sum(axis=1)
-            self.hist[:] = 0
-            self.hist[:len(folded)] = folded
-            self.shift += k
+        self._fit_hist(self.max_id)
         m = len(s)
-        keep = self.spill is None and self._one_pass_cost(self.m + m) <= self.budget
-        if keep:
-            pairs = np.empty((m, 2), self.id_dt)
-        else:
-            self.scratch = _grow(self.scratch, m, self.id_dt)
-            pairs = self.scratch[:m]
+        keep = self.spill is None and self._one_pass_cost(
+            self.m + m, (self.m + m) * (2 if self.und else 1)) <= self.budget
+        pairs = np.empty((m, 2), self.id_dt) if keep else self._buf("pairs", (m, 2), self.id_dt)
         self.loops += _scan(s, d, pairs, self.hist, self.shift, self.und, self.drop)
         self.m += m
         if keep:
             self.held.append(pairs)
             return
+        self._spill_held()
+        with open(self.spill, "ab") as f:
+            f.write(memoryview(pairs.reshape(-1)))
+
+    def _spill_held(self) -> None:
         if self.spill is None:
             self.spill = self._tmp("edges")
             with open(self.spill, "wb") as f:
                 for h in self.held:
                     f.write(memoryview(h.reshape(-1)))
             self.held = []
-        with open(self.spill, "ab") as f:
-            f.write(memoryview(pairs.reshape(-1)))
 
     def _widen_ids(self) -> None:
         """An id >= 2^31 without --num-nodes: the pairs seen so far become int64."""
         self.held = [h.astype(np.int64) for h in self.held]
-        self.scratch = None
+        self.bufs.pop("pairs", None)
         if self.spill is not None:
             old, self.spill = self.spill, self._tmp("edges64")
             with open(old, "rb") as fi, open(self.spill, "wb") as fo:
-                while True:
-                    block = np.fromfile(fi, np.int32, count=_MAX_BLOCK)
-                    if not len(block):
-                        break
+                while len(block := np.fromfile(fi, np.int32, count=2 * _PIECE)):
                     fo.write(memoryview(block.astype(np.int64)))
             old.unlink()
         self.id_dt = np.dtype(np.int64)
 
-    # ------------------------------------------------------------------ pass 2: buckets
+    # ------------------------------------------------------------------ pass 2: ranges
     def plan(self) -> np.ndarray:
-        """Bucket boundaries (node ids) from the histogram: ranges whose build fits the budget."""
-        n = self.num_nodes
-        bs = 1 << self.shift
+        """Range boundaries (node ids, block-aligned) whose builds fit the budget."""
+        n, bs = self.num_nodes, 1 << self.shift
         nb = -(-n // bs)
-        edges = self.hist[:nb]
         nodes = np.full(nb, bs, np.int64)
         nodes[-1] = n - (nb - 1) * bs
-        cost = edges * (2 * self.id_dt.itemsize + self.out_dt.itemsize) + 16 * nodes
+        cost = self.hist[:nb] * self.per_edge + 8 * nodes
         cum = np.concatenate([[0], np.cumsum(cost)])
+        budget = self.budget
         starts = [0]
         while starts[-1] < nb:
             b = starts[-1]
-            e = int(np.searchsorted(cum, cum[b] + self.budget, side="right")) - 1
+            e = int(np.searchsorted(cum, cum[b] + budget, side="right")) - 1
             starts.append(min(max(e, b + 1), nb))
         return np.minimum(np.array(starts, np.int64) * bs, n)
 
-    def distribute(self, bounds: np.ndarray) -> tuple[list[Path], np.ndarray]:
-        """Split the spilled pairs into one file per bucket (reverses and loops handled)."""
-        nbk = len(bounds) - 1
+    def distribute(self, bounds: np.ndarray) -> list[Path]:
+        """Split the spilled pairs into one file per range (reverses and loops handled)."""
+        nr = len(bounds) - 1
         nb = -(-self.num_nodes // (1 << self.shift))
         block_bucket = (np.searchsorted(bounds, np.arange(nb, dtype=np.int64) << self.shift,
                                         side="right") - 1).astype(np.int32)
-        block_bucket = np.minimum(block_bucket, nbk - 1)
-        files = [self._tmp(f"bucket{k}") for k in range(nbk)]
-        sizes = np.zeros(nbk, np.int64)
-        rows = max(4096, min(_MAX_BLOCK, self.budget // (6 * 2 * self.id_dt.itemsize)))
-        buf = np.empty((rows, 2), self.id_dt)
+        files = [self._tmp(f"range{k}") for k in range(nr)]
+        rows = int(max(4096, min(_PIECE, self.budget // (8 * self.id_dt.itemsize))))
+        buf = self._buf("pairs", (rows, 2), self.id_dt)
         out = np.empty((rows * (2 if self.und else 1), 2), self.id_dt)
-        bnd = np.zeros(nbk + 1, np.int64)
-        handles = [open(p, "wb") for p in files] if nbk <= 256 else None
+        bnd = np.zeros(nr + 1, np.int64)
+        handles = [open(p, "wb") for p in files] if nr <= 256 else None
         try:
             with open(self.spill, "rb") as f, \
-                    progress.bar(self.m, "bucket edges", unit="edges") as pb:
-                left = self.m
-                while left:
-                    k = min(rows, left)
-                    _read_into(f, buf[:k])
-                    _partition(buf[:k], self.shift, block_bucket, self.und, self.drop, bnd, out)
+                    progress.bar(self.m, "split edges by range", unit="edges") as pb:
+                for start in range(0, self.m, rows):
+                    k = min(rows, self.m - start)
+                    _route(_read_into(f, buf[:k]), self.shift, block_bucket, self.und,
+                           self.drop, bnd, out)
                     for b in np.flatnonzero(np.diff(bnd)):
                         part = memoryview(out[bnd[b]:bnd[b + 1]].reshape(-1))
                         if handles is not None:
@@ -415,124 +410,120 @@ class _Build:
                         else:
                             with open(files[b], "ab") as g:
                                 g.write(part)
-                    sizes += np.diff(bnd)
-                    left -= k
                     pb.update(k)
         finally:
             for h in handles or []:
                 h.close()
         self.spill.unlink()
-        return files, sizes
+        return files
+
+    def _file_pieces(self, path: Path) -> Iterator[np.ndarray]:
+        if not path.exists():           # a range no edge points into
+            return
+        rows = path.stat().st_size // (2 * self.id_dt.itemsize)
+        with open(path, "rb") as f:
+            for start in range(0, rows, _PIECE):
+                k = min(_PIECE, rows - start)
+                yield _read_into(f, self._buf("pairs", (k, 2), self.id_dt))
+        path.unlink()
+
+    def _held_pieces(self) -> Iterator[np.ndarray]:
+        while self.held:
+            yield self.held.pop(0)      # freed once partitioned: RSS moves into the parts
 
     # ------------------------------------------------------------------ pass 3: build
     def build(self) -> CSRResult:
-        n, out_dt = self.num_nodes, self.out_dt
-        stored_max = (self.m - (self.loops if self.drop else 0)) * (2 if self.und else 1)
-        writer = _Writer(self.store, n)
-        indices = None
-        if not self.dedup:
-            self.store.create_array(store_module.INDICES, (stored_max,), out_dt)
-            indices = self.store.stream_writer(store_module.INDICES)
-        if self.spill is None and self._one_pass_cost(self.m) <= self.budget:
-            result = self._build_in_memory(writer, indices)
-        else:
-            result = self._build_buckets(writer, indices)
-        writer.indptr.close()
-        return result
-
-    def _result(self, num_edges: int) -> CSRResult:
-        stored_max = (self.m - (self.loops if self.drop else 0)) * (2 if self.und else 1)
-        return CSRResult(self.num_nodes, num_edges, self.m, self.loops if self.drop else 0,
-                         stored_max - num_edges)
-
-    def _build_in_memory(self, writer: _Writer, indices) -> CSRResult:
         n = self.num_nodes
-        stored_max = (self.m - (self.loops if self.drop else 0)) * (2 if self.und else 1)
-        indptr = np.zeros(n + 1, np.int64)
-        out = np.empty(stored_max, self.out_dt)
-        with progress.bar(self.m, "build CSR", unit="edges") as pb:
-            for h in self.held:
-                _count(h, 0, self.und, self.drop, indptr)
-            np.cumsum(indptr, out=indptr)
-            for h in self.held:
-                _scatter(h, 0, self.und, self.drop, indptr, out)
-                pb.update(len(h))
-            self.held = []
-            _unshift(indptr)
-            e = _sort_rows(indptr, out, self.dedup)
-        writer.rows(indptr)
-        if indices is None:
-            self.store.create_array(store_module.INDICES, (e,), self.out_dt)
-            indices = self.store.stream_writer(store_module.INDICES)
-        indices.write(out[:e])
-        indices.close()
-        return self._result(e)
-
-    def _build_buckets(self, writer: _Writer, indices) -> CSRResult:
-        if self.spill is None:       # held pairs that do not fit one pass: spill them first
-            self.spill = self._tmp("edges")
-            with open(self.spill, "wb") as f:
-                for h in self.held:
-                    f.write(memoryview(h.reshape(-1)))
-            self.held = []
-        bounds = self.plan()
-        files, sizes = self.distribute(bounds)
-        rows_max = int(np.diff(bounds).max())
-        pairs = np.empty((int(sizes.max()), 2), self.id_dt)
-        out = np.empty(int(sizes.max()), self.out_dt)
-        indptr = np.empty(rows_max + 1, np.int64)
-        tmp = None
-        sink = indices
-        if sink is None:
+        self.store.create_array(store_module.INDPTR, (n + 1,), np.int64)
+        indptr = self.store.stream_writer(store_module.INDPTR)
+        indptr.write(np.zeros(1, np.int64))
+        one_pass = self.spill is None and self._one_pass_cost(self.m, self.stored) <= self.budget
+        indices, tmp = None, None
+        if not self.dedup or one_pass:    # the number of stored edges is known in time
+            sink = None
+        else:
             tmp = self._tmp("indices")
             sink = open(tmp, "wb")
-        total = 0
         try:
-            with progress.bar(int(sizes.sum()), "build CSR", unit="edges") as pb:
-                for k, p in enumerate(files):
-                    lo, hi = int(bounds[k]), int(bounds[k + 1])
-                    m = int(sizes[k])
-                    with open(p, "rb") as f:
-                        _read_into(f, pairs[:m])
-                    p.unlink()
-                    ip = indptr[:hi - lo + 1]
-                    ip[:] = 0
-                    _count(pairs[:m], lo, False, False, ip)
-                    np.cumsum(ip, out=ip)
-                    _scatter(pairs[:m], lo, False, False, ip, out)
-                    _unshift(ip)
-                    e = _sort_rows(ip, out, self.dedup)
-                    writer.rows(ip)
-                    sink.write(out[:e] if indices is not None else memoryview(out[:e]))
-                    total += e
-                    pb.update(m)
+            if one_pass:
+                ranges = [(0, n, self._held_pieces(), True)]
+            else:
+                self._spill_held()
+                bounds = self.plan()
+                files = self.distribute(bounds)
+                ranges = [(int(bounds[k]), int(bounds[k + 1]), self._file_pieces(p), False)
+                          for k, p in enumerate(files)]
+            offset = 0
+            with progress.bar(self.stored, "build CSR", unit="edges") as pb:
+                for lo, hi, pieces, raw in ranges:
+                    out, rows = self._range(lo, hi, pieces, raw, pb)
+                    rows += offset
+                    indptr.write(rows)
+                    offset = int(rows[-1])
+                    if sink is not None:
+                        sink.write(memoryview(out))
+                        continue
+                    if indices is None:
+                        size = offset if one_pass else self.stored
+                        self.store.create_array(store_module.INDICES, (size,), self.out_dt)
+                        indices = self.store.stream_writer(store_module.INDICES)
+                    indices.write(out)
         finally:
-            if tmp is not None:
+            if sink is not None:
                 sink.close()
-        del pairs
+        indptr.close()
         if tmp is not None:
-            self.store.create_array(store_module.INDICES, (total,), self.out_dt)
-            indices = self.store.stream_writer(store_module.INDICES)
-            with open(tmp, "rb") as f:
-                left = total
-                while left:
-                    k = min(left, len(out))
-                    _read_into(f, out[:k])
-                    indices.write(out[:k])
-                    left -= k
-            tmp.unlink()
+            self._copy_indices(tmp, offset)
+        else:
+            indices.close()
+        return CSRResult(n, offset, self.m, self.loops if self.drop else 0, self.stored - offset)
+
+    def _range(self, lo: int, hi: int, pieces: Iterable[np.ndarray], raw: bool,
+               pb) -> tuple[np.ndarray, np.ndarray]:
+        """CSR rows [lo, hi): returns (indices, indptr[1:] relative to the range start)."""
+        ps = self.pshift
+        g = 1 << (ps - self.shift)
+        blocks = self.hist[lo >> self.shift:-(-hi // (1 << self.shift))]
+        counts = np.pad(blocks, (0, -len(blocks) % g)).reshape(-1, g).sum(axis=1)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        total = int(starts[-1])
+        out = self._buf("out", (total,), self.out_dt)
+        dl = self._buf("dl", (total,), np.uint16 if ps <= 16 else np.uint32)
+        pos = starts[:-1].copy()
+        und, drop = (self.und, self.drop) if raw else (False, False)
+        for p in pieces:
+            _parts(p, lo, ps, und, drop, pos, out, dl)
+            pb.update(len(p) * (2 if und else 1))
+        if not np.array_equal(pos, starts[1:]):
+            raise RuntimeError(f"csrbuild: range [{lo}, {hi}) received {int(pos.sum())} edges, "
+                               f"histogram says {total}")
+        ip = self._buf("indptr", (hi - lo + 1,), np.int64)
+        e = _rows(out, dl, starts, ps, hi - lo, self.dedup, ip,
+                  self._buf("cnt", ((1 << ps) + 1,), np.int64),
+                  self._buf("nxt", (1 << ps,), np.int64),
+                  self._buf("tmp", (_PART_TMP,), self.out_dt))
+        return out[:e], ip[1:]
+
+    def _copy_indices(self, tmp: Path, total: int) -> None:
+        self.store.create_array(store_module.INDICES, (total,), self.out_dt)
+        indices = self.store.stream_writer(store_module.INDICES)
+        buf = self._buf("out", (max(1, min(total, 4 * _PIECE)),), self.out_dt)
+        with open(tmp, "rb") as f:
+            for start in range(0, total, len(buf)):
+                k = min(len(buf), total - start)
+                indices.write(_read_into(f, buf[:k]))
+        tmp.unlink()
         indices.close()
-        return self._result(total)
 
 
 def build_csr(store: GraphStore, chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
               num_nodes: int | None, *, source: str, undirected: bool = False,
               remove_self_loops: bool = True, remove_duplicates: bool = True,
               memory_limit: int = 2 << 30, workdir: Path) -> CSRResult:
-    """Write `csr/indptr` and `csr/indices` (row i = sorted sources of edges into i).
+    """Write `csr/indptr` and `csr/indices` (row i = ascending sources of edges into i).
 
     `chunks()` is iterated once. Bad ids raise InputError naming `source` before any heavy
-    pass. Peak RSS: `memory_limit` plus the fixed overhead in the module docstring.
+    pass. Peak RSS: `memory_limit` plus the fixed overhead of the module docstring.
     """
     b = _Build(store, num_nodes, source, undirected, remove_self_loops, remove_duplicates,
                memory_limit, workdir)

@@ -76,17 +76,20 @@ def test_matches_reference(tmp_path, undirected, loops, dups):
 
 @pytest.mark.parametrize("undirected", [False, True])
 @pytest.mark.parametrize("dups", [True, False])
-def test_many_buckets_identical_to_one(tmp_path, monkeypatch, undirected, dups):
+@pytest.mark.parametrize("in_place", [False, True])
+def test_many_buckets_identical_to_one(tmp_path, monkeypatch, undirected, dups, in_place):
     rng = np.random.default_rng(2)
     src, dst = random_graph(rng, 5000, 60000)
     one = run(tmp_path, src, dst, name="one", undirected=undirected, remove_duplicates=dups)
+    if in_place:                    # parts larger than the scratch buffer sort in place
+        monkeypatch.setattr(csrbuild, "_PART_TMP", 64)
     planned = []
     plan = csrbuild._Build.plan
     monkeypatch.setattr(csrbuild._Build, "plan",
                         lambda self: planned.append(plan(self)) or planned[-1])
     many = run(tmp_path, src, dst, name="many", chunk=777, undirected=undirected,
-               remove_duplicates=dups, memory_limit=1 << 16)
-    assert len(planned) == 1 and len(planned[0]) > 5          # really bucketed
+               remove_duplicates=dups, memory_limit=1 << 18)
+    assert len(planned) == 1 and 5 < len(planned[0]) < 50         # really bucketed
     assert one[0] == many[0]
     np.testing.assert_array_equal(one[1], many[1])
     np.testing.assert_array_equal(one[2], many[2])
@@ -102,7 +105,7 @@ def test_many_buckets_with_int64_temp_ids(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     src, dst = random_graph(rng, 5000, 30000)
     src[-1] = 4999
-    res, indptr, indices, _ = run(tmp_path, src, dst, chunk=500, memory_limit=1 << 16)
+    res, indptr, indices, _ = run(tmp_path, src, dst, chunk=500, memory_limit=1 << 18)
     ref_ptr, ref_idx = reference(src, dst, 5000, False, True, True)
     np.testing.assert_array_equal(indptr, ref_ptr)
     np.testing.assert_array_equal(indices, ref_idx)
