@@ -237,18 +237,20 @@ class _Build:
         self.held: list[np.ndarray] = []
         self.spill: Path | None = None
         self.bufs: dict[str, np.ndarray] = {}
-        self.budget = self._work_budget(int(memory_limit))
+        self.limit = int(memory_limit)
 
     # ------------------------------------------------------------------ sizes and buffers
-    def _work_budget(self, memory_limit: int) -> int:
-        """The limit minus what is live beside the sort buffers: the histogram, one temp-file
-        piece, and the two chunk writers (a chunk each, plus one serialised copy)."""
-        n_guess = self.n_given or 1 << 24
-        ptr_chunk = 8 * store_module.chunk_rows_for(n_guess + 1, 8)
-        idx_chunk = 4 * store_module.chunk_rows_for(1 << 30, 4)
-        reserve = (self.hist.nbytes + 16 * _PIECE + (16 << _PART_SHIFT) + 8 * _PART_TMP
-                   + ptr_chunk + idx_chunk + max(ptr_chunk, idx_chunk))
-        return max(memory_limit - reserve, memory_limit // 4, _MIN_BUDGET)
+    @property
+    def budget(self) -> int:
+        """What the sort buffers may use: the limit minus what is live beside them: the
+        histogram, one temp-file piece, part scratch, and the two chunk writers (a chunk each
+        plus one serialised copy). Chunk sizes follow N and E, so this is re-read as they grow."""
+        ptr_chunk = 8 * store_module.chunk_rows_for(max(self.num_nodes, 1) + 1, 8)
+        isz = self.out_dt.itemsize
+        idx_chunk = isz * store_module.chunk_rows_for(max(self.stored, 1), isz)
+        reserve = (self.hist.nbytes + 2 * self.id_dt.itemsize * _PIECE + (16 << self.pshift)
+                   + isz * _PART_TMP + ptr_chunk + idx_chunk + max(ptr_chunk, idx_chunk))
+        return max(self.limit - reserve, self.limit // 4, _MIN_BUDGET)
 
     @property
     def num_nodes(self) -> int:
@@ -335,8 +337,9 @@ class _Build:
         self.max_id = max(self.max_id, int(mx))
         self._fit_hist(self.max_id)
         m = len(s)
+        # while the input chunk is alive, it counts against the budget too
         keep = self.spill is None and self._one_pass_cost(
-            self.m + m, (self.m + m) * (2 if self.und else 1)) <= self.budget
+            self.m + m, (self.m + m) * (2 if self.und else 1)) + s.nbytes + d.nbytes <= self.budget
         pairs = np.empty((m, 2), self.id_dt) if keep else self._buf("pairs", (m, 2), self.id_dt)
         self.loops += _scan(s, d, pairs, self.hist, self.shift, self.und, self.drop)
         self.m += m

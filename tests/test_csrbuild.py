@@ -36,7 +36,8 @@ def run(tmp_path, src, dst, n=None, name="s", chunk=1000, **kw):
     store = GraphStore.create(tmp_path / name, {})
     res = build_csr(store, chunked(src, dst, chunk), n, source="edges.npy",
                     workdir=tmp_path / f"{name}.work", **kw)
-    assert not (tmp_path / f"{name}.work").exists() or not any((tmp_path / f"{name}.work").iterdir())
+    work = tmp_path / f"{name}.work"
+    assert not work.exists() or not any(work.iterdir())
     return res, np.array(store.indptr()), np.array(store.indices()), store
 
 
