@@ -1,0 +1,639 @@
+"""Reading user inputs (NPY / NPZ / Parquet / CSV / OGB) as validated, bounded-memory streams.
+
+Every reader opens its file and checks what is cheap (existence, format, header, columns,
+dtypes, sizes) at construction, so `preprocess` can reject bad input before any heavy pass.
+Data is then read block by block with explicit file reads (never whole-file loads), and each
+stream can be restarted, because the CSR builder may read the edges more than once.
+Nothing here knows the store layout.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+import numpy as np
+import numpy.lib.format as npformat
+
+from .errors import InputError
+
+EdgeChunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {p}: no such file or directory")
+    return p
+
+
+# --------------------------------------------------------------------------- .npy streams
+class NpyArray:
+    """An .npy array, on disk or inside an .npz, read by explicit sequential reads."""
+
+    def __init__(self, path: Path, member: str | None = None, source: str | None = None):
+        self.path, self.member = Path(path), member
+        self.source = source or (f"{path}:{member[:-4]}" if member else str(path))
+        try:
+            with self._open() as f:
+                version = npformat.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = npformat.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = npformat.read_array_header_2_0(f)
+                else:
+                    shape, fortran, dtype = npformat._read_array_header(f, version)
+                self.offset = f.tell()
+            size = (zipfile.ZipFile(self.path).getinfo(member).file_size if member
+                    else self.path.stat().st_size)
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise InputError(f"{self.source}: not a readable .npy array ({_first_line(e)})")
+        if dtype.hasobject or dtype.fields is not None:
+            raise InputError(f"{self.source}: holds Python objects or records ({dtype}); "
+                             "save a plain numeric array")
+        self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
+        self.dtype: np.dtype = dtype
+        self.fortran = bool(fortran) and len(self.shape) > 1
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        if size < self.offset + self.size * dtype.itemsize:
+            raise InputError(f"{self.source}: truncated ({size} bytes, header promises "
+                             f"{self.offset + self.size * dtype.itemsize})")
+
+    def _open(self) -> BinaryIO:
+        if self.member is None:
+            return open(self.path, "rb")
+        z = zipfile.ZipFile(self.path)
+        return z.open(self.member)
+
+    def iter_items(self, start: int, count: int, block: int) -> Iterator[np.ndarray]:
+        """Items [start, start+count) of the raw (storage-order) buffer, `block` at a time."""
+        with self._open() as f:
+            f.seek(self.offset + start * self.dtype.itemsize)
+            done = 0
+            while done < count:
+                n = min(block, count - done)
+                out = np.empty(n, self.dtype)
+                view = memoryview(out.view(np.uint8).reshape(-1))
+                got = 0
+                while got < len(view):
+                    k = f.readinto(view[got:])
+                    if not k:
+                        raise InputError(f"{self.source}: truncated data")
+                    got += k
+                done += n
+                yield out
+
+    def iter_rows(self, block_rows: int) -> Iterator[np.ndarray]:
+        """Rows along axis 0, C-order arrays only."""
+        if self.fortran:
+            raise InputError(f"{self.source}: Fortran-ordered array; save it with "
+                             "numpy.ascontiguousarray first")
+        row = int(np.prod(self.shape[1:], dtype=np.int64))
+        if row == 0:
+            if self.shape[0]:
+                yield np.zeros(self.shape, self.dtype)
+            return
+        for blk in self.iter_items(0, self.size, max(1, block_rows) * row):
+            yield blk.reshape((-1,) + self.shape[1:])
+
+    def read_all(self) -> np.ndarray:
+        """Whole array: only for small arrays (shapes, format tags)."""
+        data = np.concatenate(list(self.iter_items(0, self.size, max(self.size, 1))) or
+                              [np.zeros(0, self.dtype)])
+        return data.reshape(self.shape[::-1]).T if self.fortran else data.reshape(self.shape)
+
+
+# --------------------------------------------------------------------------- tables
+class Table:
+    """A 1-D or 2-D array read in row blocks (features, labels, split masks or indices)."""
+    source: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def num_rows(self) -> int:
+        return self.shape[0]
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def row_items(self, row: int, block: int) -> Iterator[np.ndarray]:
+        """Row `row` of a 2-D table, `block` items at a time (for [S, N] split masks)."""
+        raise InputError(f"{self.source}: cannot read a row of this input")
+
+
+class NpyTable(Table):
+    def __init__(self, arr: NpyArray):
+        self.arr, self.source, self.shape, self.dtype = arr, arr.source, arr.shape, arr.dtype
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        return self.arr.iter_rows(rows)
+
+    def row_items(self, row: int, block: int) -> Iterator[np.ndarray]:
+        s, n = self.shape
+        if not self.arr.fortran:
+            return self.arr.iter_items(row * n, n, block)
+        # column-major [S, N] (e.g. masks saved from a transposed array): row k is every
+        # S-th item; S is small (number of splits), so reading all S rows costs little
+        return (b.reshape(-1, s)[:, row] for b in self.arr.iter_items(0, s * n, max(1, block) * s))
+
+
+class ArrayTable(Table):
+    """An array already in memory (the OGB path, whose loader reads everything anyway)."""
+
+    def __init__(self, a: np.ndarray, source: str):
+        self.a, self.source, self.shape, self.dtype = a, source, a.shape, a.dtype
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        for s in range(0, len(self.a), max(1, rows)):
+            yield self.a[s:s + rows]
+
+    def row_items(self, row: int, block: int) -> Iterator[np.ndarray]:
+        r = self.a[row]
+        for s in range(0, len(r), block):
+            yield r[s:s + block]
+
+
+class CSRTable(Table):
+    """A sparse CSR matrix (scipy.sparse.save_npz layout, or x_* parts) densified by rows."""
+
+    def __init__(self, data: NpyArray, indices: NpyArray, indptr: NpyArray,
+                 shape: tuple[int, int], source: str):
+        self.data, self.indices, self.indptr = data, indices, indptr
+        self.source, self.shape = source, (int(shape[0]), int(shape[1]))
+        self.dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
+        for a in (data, indices, indptr):
+            if len(a.shape) != 1:
+                raise InputError(f"{a.source}: CSR part must be 1-D, has shape {a.shape}")
+        if indptr.shape[0] != self.shape[0] + 1:
+            raise InputError(f"{source}: indptr has {indptr.shape[0]} entries for "
+                             f"{self.shape[0]} rows")
+        if data.shape != indices.shape:
+            raise InputError(f"{source}: data and indices differ in length")
+        if indices.dtype.kind not in "iu" or indptr.dtype.kind not in "iu":
+            raise InputError(f"{source}: CSR indices/indptr must be integers")
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        n, f, nnz = self.shape[0], self.shape[1], self.data.shape[0]
+        ptrs = _Sequential(self.indptr.iter_items(0, n + 1, 1 << 20))
+        prev = int(ptrs.take(1)[0])
+        if not 0 <= prev <= nnz:
+            raise InputError(f"{self.source}: indptr[0] = {prev} is out of range")
+        vals = _Sequential(self.data.iter_items(prev, nnz - prev, 1 << 20))
+        cols = _Sequential(self.indices.iter_items(prev, nnz - prev, 1 << 20))
+        for s in range(0, n, max(1, rows)):
+            ptr = np.concatenate([[prev], ptrs.take(min(rows, n - s)).astype(np.int64)])
+            if np.any(np.diff(ptr) < 0) or ptr[-1] > nnz:
+                raise InputError(f"{self.source}: indptr is not monotone or exceeds nnz")
+            cnt = int(ptr[-1] - prev)
+            v, c = vals.take(cnt), cols.take(cnt).astype(np.int64)
+            if cnt and (c.min() < 0 or c.max() >= f):
+                raise InputError(f"{self.source}: column index out of range [0, {f})")
+            out = np.zeros((len(ptr) - 1, f), self.dtype)
+            np.add.at(out, (np.repeat(np.arange(len(ptr) - 1), np.diff(ptr)), c), v)
+            prev = int(ptr[-1])
+            yield out
+
+
+class _Sequential:
+    """Take exactly n items at a time from a stream of blocks (one file, read forward)."""
+
+    def __init__(self, it: Iterator[np.ndarray]):
+        self.it, self.buf = it, np.zeros(0)
+
+    def take(self, n: int) -> np.ndarray:
+        parts, need = [], n
+        while need:
+            if not len(self.buf):
+                self.buf = next(self.it)
+            parts.append(self.buf[:need])
+            self.buf = self.buf[need:]
+            need -= len(parts[-1])
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.zeros(0, self.buf.dtype)
+
+
+class ParquetTable(Table):
+    """Numeric Parquet columns, one row per node, in file (then row) order."""
+
+    def __init__(self, path: Path, source: str, max_columns: int | None = None):
+        self.files, self.source = parquet_files(path, source), source
+        schemas = [_parquet_schema(f, source) for f in self.files]
+        names = schemas[0].names
+        for f, s in zip(self.files, schemas):
+            if s.names != names:
+                raise InputError(f"{f}: columns {s.names} differ from {names} in {self.files[0]}")
+        import pyarrow as pa
+        for fld in schemas[0]:
+            t = fld.type
+            if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+                raise InputError(f"{source}: column '{fld.name}' has type {t}; "
+                                 "expected numeric columns only")
+        if max_columns is not None and len(names) > max_columns:
+            raise InputError(f"{source}: expected {max_columns} column, found {names}")
+        if not names:
+            raise InputError(f"{source}: no columns")
+        self.names = names
+        rows = sum(_parquet_meta(f, source).num_rows for f in self.files)
+        self.dtype = np.result_type(*[fld.type.to_pandas_dtype() for fld in schemas[0]])
+        self.shape = (rows,) if max_columns == 1 else (rows, len(names))
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        for f in self.files:
+            for batch in _iter_batches(f, self.names, rows, self.source):
+                cols = [_column_numpy(batch.column(i), n, self.source)
+                        for i, n in enumerate(self.names)]
+                yield cols[0] if len(self.shape) == 1 else np.column_stack(cols)
+
+
+# --------------------------------------------------------------------------- parquet helpers
+def parquet_files(path: Path, source: str) -> list[Path]:
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file()
+                       and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+        if not files:
+            raise InputError(f"{source}: directory holds no Parquet files")
+        return files
+    return [p]
+
+
+def _parquet_meta(f: Path, source: str):
+    import pyarrow.parquet as pq
+    try:
+        return pq.ParquetFile(f).metadata
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError on corrupt files
+        raise InputError(f"{f}: not a readable Parquet file ({_first_line(e)})") from None
+
+
+def _parquet_schema(f: Path, source: str):
+    return _parquet_meta(f, source).schema.to_arrow_schema()
+
+
+def _iter_batches(f: Path, columns: list[str], rows: int, source: str):
+    import pyarrow.parquet as pq
+    try:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=max(1, rows), columns=columns)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{f}: cannot read Parquet data ({_first_line(e)})") from None
+
+
+def _column_numpy(col, name: str, source: str) -> np.ndarray:
+    if col.null_count:
+        raise InputError(f"{source}: column '{name}' has {col.null_count} null values")
+    return col.to_numpy(zero_copy_only=False)
+
+
+# --------------------------------------------------------------------------- edges
+def check_ids(a: np.ndarray, source: str, num_nodes: int | None, hint: str = "") -> np.ndarray:
+    """Node ids as int64, or a one-line InputError naming the first bad id."""
+    if a.dtype.kind not in "iu":
+        raise InputError(f"{source}: node ids must be integers, got {a.dtype}")
+    if a.dtype == np.uint64 and len(a) and a.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{source}: node id {int(a.max())} is too large")
+    a = a.astype(np.int64, copy=False)
+    if len(a):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0:
+            raise InputError(f"{source}: node id {lo} is negative")
+        if num_nodes is not None and hi >= num_nodes:
+            raise InputError(f"{source}: node id {hi} is out of range [0, {num_nodes}){hint}")
+    return a
+
+
+@dataclass
+class EdgeInput:
+    """A restartable stream of (src, dst) blocks plus what is known about it cheaply."""
+    source: str
+    raw_chunks: EdgeChunks
+    num_edges: int | None = None
+    max_id_hint: int | None = None   # from Parquet statistics, when every row group has them
+    files: list[Path] = field(default_factory=list)
+
+    def chunks(self, num_nodes: int | None, hint: str = "") -> EdgeChunks:
+        def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for s, d in self.raw_chunks():
+                yield (check_ids(s, self.source, num_nodes, hint),
+                       check_ids(d, self.source, num_nodes, hint))
+        return gen
+
+    def max_id(self) -> int:
+        """Largest node id: from statistics when present, else one validating read pass."""
+        if self.max_id_hint is not None:
+            return self.max_id_hint
+        from .progress import bar
+        hi, seen = -1, 0
+        with bar(self.num_edges, f"scanning {Path(self.source).name}", "edges") as pb:
+            for s, d in self.chunks(None)():
+                if len(s):
+                    hi = max(hi, int(s.max()), int(d.max()))
+                seen += len(s)
+                pb.update(len(s))
+        if not seen:
+            raise InputError(f"{self.source}: the edge list is empty")
+        return hi
+
+
+def npy_edges(arr: NpyArray, chunk: int) -> EdgeInput:
+    """[2, E] or [E, 2] integer array; Fortran order handled by reading the storage layout."""
+    if len(arr.shape) != 2 or 2 not in arr.shape:
+        raise InputError(f"{arr.source}: edge array must have shape [2, E] or [E, 2], "
+                         f"got {list(arr.shape)}")
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{arr.source}: node ids must be integers, got {arr.dtype}")
+    two_by_e = arr.shape[0] == 2
+    e = arr.shape[1] if two_by_e else arr.shape[0]
+    rows_first = two_by_e != arr.fortran    # storage is [2, E]: all sources, then all dests
+
+    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if rows_first:
+            yield from zip(arr.iter_items(0, e, chunk), arr.iter_items(e, e, chunk))
+        else:
+            for blk in arr.iter_items(0, 2 * e, 2 * chunk):
+                pairs = blk.reshape(-1, 2)
+                yield pairs[:, 0].copy(), pairs[:, 1].copy()
+    return EdgeInput(arr.source, gen, num_edges=e, files=[arr.path])
+
+
+def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
+    import pyarrow as pa
+    source = str(path)
+    files = parquet_files(path, source)
+    rows, hi, stats_ok = 0, -1, True
+    for f in files:
+        meta = _parquet_meta(f, source)
+        schema = meta.schema.to_arrow_schema()
+        for col in (src, dst):
+            if col not in schema.names:
+                raise InputError(f"{f}: no column '{col}' (columns: {', '.join(schema.names)}; "
+                                 "see --src-col/--dst-col)")
+            t = schema.field(col).type
+            if not pa.types.is_integer(t):
+                raise InputError(f"{f}: column '{col}' has type {t}; node ids must be integers")
+        rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            for i in range(rg.num_columns):
+                c = rg.column(i)
+                if c.path_in_schema in (src, dst):
+                    st = c.statistics
+                    if st is None or not st.has_min_max or st.null_count:
+                        stats_ok = False
+                    elif st.min < 0:
+                        raise InputError(f"{f}: column '{c.path_in_schema}' has negative "
+                                         f"node id {st.min}")
+                    else:
+                        hi = max(hi, int(st.max))
+
+    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for f in files:
+            for b in _iter_batches(f, [src, dst], chunk, source):
+                yield (_column_numpy(b.column(0), src, source),
+                       _column_numpy(b.column(1), dst, source))
+    return EdgeInput(source, gen, num_edges=rows,
+                     max_id_hint=hi if stats_ok and rows else None, files=files)
+
+
+def csv_edges(path: Path, src: str, dst: str) -> EdgeInput:
+    import pyarrow as pa
+    from pyarrow import csv as pcsv
+    source = str(path)
+
+    def reader():
+        try:
+            stream = pa.input_stream(str(path), compression="detect")
+            return pcsv.open_csv(
+                stream, read_options=pcsv.ReadOptions(block_size=32 << 20),
+                convert_options=pcsv.ConvertOptions(
+                    include_columns=[src, dst],
+                    column_types={src: pa.int64(), dst: pa.int64()}))
+        except Exception as e:
+            msg = _first_line(e)
+            if "include_columns" in msg or "not found" in msg.lower():
+                msg = f"needs a header row with columns '{src}' and '{dst}' (see --src-col/--dst-col)"
+            raise InputError(f"{source}: {msg}") from None
+
+    reader().close()     # header and column check now, before any heavy pass
+
+    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        r = reader()
+        while True:
+            try:
+                b = r.read_next_batch()
+            except StopIteration:
+                return
+            except Exception as e:
+                raise InputError(f"{source}: {_first_line(e)}") from None
+            yield _column_numpy(b.column(0), src, source), _column_numpy(b.column(1), dst, source)
+    return EdgeInput(source, gen, files=[Path(path)])
+
+
+def _sniff(path: Path) -> str:
+    name = path.name.lower()
+    if path.is_dir() or name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zst")):
+        return "csv"
+    if name.endswith(".npy"):
+        return "npy"
+    if name.endswith(".npz"):
+        return "npz"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"PK"):
+        return "npz"
+    raise InputError(f"{path}: cannot tell the format (use .parquet, .csv, .npy or .npz)")
+
+
+def open_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
+               chunk: int = 1 << 22) -> EdgeInput:
+    p = require_file(path, "--edges")
+    kind = _sniff(p)
+    if kind == "parquet":
+        return parquet_edges(p, src_col, dst_col, chunk)
+    if kind == "csv":
+        return csv_edges(p, src_col, dst_col)
+    if kind == "npy":
+        return npy_edges(NpyArray(p), chunk)
+    raise InputError(f"--edges {p}: expected Parquet, CSV or .npy (use --npz for datasets)")
+
+
+# --------------------------------------------------------------------------- node tables
+def _npz_members(path: Path) -> dict[str, str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{path}: not a readable .npz archive ({_first_line(e)})") from None
+    return {n[:-4]: n for n in names if n.endswith(".npy")}
+
+
+def _csr_from_npz(path: Path, members: dict[str, str], prefix: str = "") -> CSRTable:
+    def part(k: str) -> NpyArray:
+        if prefix + k not in members:
+            raise InputError(f"{path}: sparse matrix part '{prefix + k}' is missing")
+        return NpyArray(path, members[prefix + k])
+    shape = part("shape").read_all().reshape(-1)
+    if len(shape) != 2:
+        raise InputError(f"{path}: sparse matrix shape must have 2 entries")
+    return CSRTable(part("data"), part("indices"), part("indptr"), (int(shape[0]), int(shape[1])),
+                    str(path))
+
+
+def open_features(path: str | Path) -> Table:
+    p = require_file(path, "--features")
+    kind = _sniff(p)
+    if kind == "parquet":
+        return ParquetTable(p, str(p))
+    if kind == "npy":
+        t = NpyTable(NpyArray(p))
+        if len(t.shape) != 2:
+            raise InputError(f"{p}: features must have shape [N, F], got {list(t.shape)}")
+        return t
+    if kind == "npz":
+        members = _npz_members(p)
+        if "format" in members:
+            fmt = NpyArray(p, members["format"]).read_all()
+            fmt = fmt.item().decode() if fmt.dtype.kind == "S" else str(fmt.item())
+            if fmt != "csr":
+                raise InputError(f"{p}: sparse format '{fmt}' is not supported (save as CSR)")
+        return _csr_from_npz(p, members)
+    raise InputError(f"--features {p}: expected Parquet, .npy or a sparse CSR .npz")
+
+
+def open_labels(path: str | Path) -> Table:
+    p = require_file(path, "--labels")
+    kind = _sniff(p)
+    if kind == "parquet":
+        return ParquetTable(p, str(p), max_columns=1)
+    if kind == "npy":
+        t = NpyTable(NpyArray(p))
+        if len(t.shape) not in (1, 2):
+            raise InputError(f"{p}: labels must have shape [N] or [N, C], got {list(t.shape)}")
+        return t
+    raise InputError(f"--labels {p}: expected .npy or Parquet")
+
+
+def open_split(path: str | Path, option: str) -> Table:
+    p = require_file(path, option)
+    if _sniff(p) != "npy":
+        raise InputError(f"{option} {p}: expected a .npy index array or boolean mask")
+    return NpyTable(NpyArray(p))
+
+
+# --------------------------------------------------------------------------- whole datasets
+@dataclass
+class Dataset:
+    edges: EdgeInput
+    features: Table | None = None
+    labels: Table | None = None
+    splits: dict[str, Table] = field(default_factory=dict)
+    num_nodes: int | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def open_npz(path: str | Path, chunk: int = 1 << 22) -> Dataset:
+    """A dataset in the ../shared/datasets layout (docs/format.md, 'Inputs')."""
+    p = require_file(path, "--npz")
+    members = _npz_members(p)
+    if "edge_index" not in members:
+        raise InputError(f"{p}: no 'edge_index' array (keys: {', '.join(sorted(members))})")
+    ds = Dataset(edges=npy_edges(NpyArray(p, members["edge_index"]), chunk), files=[p])
+    if "x" in members:
+        ds.features = NpyTable(NpyArray(p, members["x"]))
+        if len(ds.features.shape) != 2:
+            raise InputError(f"{p}:x must have shape [N, F], got {list(ds.features.shape)}")
+    elif "x_data" in members:
+        ds.features = _csr_from_npz(p, members, "x_")
+        ds.features.source = f"{p}:x"
+    if "y" in members:
+        ds.labels = NpyTable(NpyArray(p, members["y"]))
+    for part in ("train", "val", "test"):
+        if f"{part}_mask" in members:
+            ds.splits[part] = NpyTable(NpyArray(p, members[f"{part}_mask"]))
+    return ds
+
+
+def open_ogb(name: str, root: str | Path, chunk: int = 1 << 22) -> Dataset:
+    """An ogbn-* dataset from a local ogb root, through ogb's NumPy loader (no download).
+
+    ogb reads everything into memory (its own limit, not ours) and imports torch; this is the
+    only path of `preprocess` that does. Checks first that loading will not try to download or
+    prompt: the dataset directory, its RELEASE file and its raw files must be present.
+    """
+    import contextlib
+    import os
+    import sys
+    import warnings
+    import pandas as pd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import ogb.nodeproppred as onp
+    r = require_file(root, "--ogb-root")
+    master = pd.read_csv(Path(onp.__file__).parent / "master.csv", index_col=0,
+                         keep_default_na=False)
+    if name not in master:
+        raise InputError(f"--ogb: unknown dataset '{name}' (ogb knows: {', '.join(master.keys())})")
+    meta = master[name]
+    if meta["is hetero"] == "True":
+        raise InputError(f"--ogb {name}: heterogeneous graphs are not supported")
+    d = r / "_".join(name.split("-"))
+    raw = d / "raw" / ("data.npz" if meta["binary"] == "True" else "edge.csv.gz")
+    processed = d / "processed" / "data_processed"
+    if not (raw.is_file() or processed.is_file()):
+        raise InputError(f"--ogb-root {r}: {raw} is missing (downloads are not attempted)")
+    release = d / f"RELEASE_v{meta['version']}.txt"
+    if not release.is_file():
+        raise InputError(f"--ogb-root {r}: {release} is missing (outdated or incomplete copy)")
+    (d / "processed").mkdir(exist_ok=True)
+    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    # ogb caches numpy arrays with torch.save and reloads them with torch.load, which current
+    # torch refuses by default (weights_only): allow it for ogb's own cache file only.
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = onp.NodePropPredDataset(name=name, root=str(r))
+            split = ds.get_idx_split()
+    except (Exception, SystemExit) as e:
+        raise InputError(f"--ogb {name}: cannot load from {r} ({_first_line(e)})") from None
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
+    graph, labels = ds[0]
+    src = f"--ogb {name}"
+    ei = np.asarray(graph["edge_index"])
+
+    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s in range(0, ei.shape[1], chunk):
+            yield ei[0, s:s + chunk], ei[1, s:s + chunk]
+    out = Dataset(edges=EdgeInput(src, gen, num_edges=int(ei.shape[1])),
+                  num_nodes=int(graph["num_nodes"]), files=[d])
+    if graph.get("node_feat") is not None:
+        out.features = ArrayTable(np.asarray(graph["node_feat"]), f"{src} node_feat")
+    if labels is not None:
+        y = np.asarray(labels)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.dtype.kind == "f":     # ogbn-papers100M: NaN marks unlabelled nodes
+            y = np.where(np.isnan(y), -1, y).astype(np.int64)
+        out.labels = ArrayTable(y, f"{src} labels")
+    for ours, theirs in (("train", "train"), ("val", "valid"), ("test", "test")):
+        out.splits[ours] = ArrayTable(np.asarray(split[theirs], dtype=np.int64),
+                                      f"{src} split {theirs}")
+    return out
