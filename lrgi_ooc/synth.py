@@ -2,8 +2,9 @@
 
 Why this shape: benchmarks and the quickstart need graphs larger than memory whose classes
 only structure and features together recover. Nothing here holds a per-node array: every
-node and edge is a pure function of (seed, index), so memory is O(classes x feature_dim)
-plus one block buffer, and the output does not depend on block sizes or thread counts.
+edge and label is a pure function of (seed, index), features of (seed, fixed node block),
+so memory is O(classes x feature_dim) plus block buffers, and the output does not depend on
+--edges-per-part or thread counts.
 
 Model (docs/cli.md, "synth"):
 - Nodes live at *positions* p in [0, N); classes are contiguous, balanced position ranges
@@ -45,11 +46,11 @@ DEFAULTS = dict(nodes=100_000, avg_degree=20.0, classes=8, feature_dim=64, homop
                 seed=0, degree_exponent=2.5)
 RAW_ACCURACY = 0.60            # default Bayes accuracy of a linear classifier on raw features
 EDGES_PER_PART = 1 << 23       # 8,388,608 edges per Parquet part (one row group each)
-NODES_PER_BLOCK = 1 << 16      # feature / label rows generated per step
+NODES_PER_BLOCK = 1 << 16      # feature / label rows per step (fixes the noise draws)
 PARQUET_COMPRESSION = "zstd"   # level 1: the always-zero high bits of ids compress away
 PARQUET_ENCODING = "PLAIN"     # no dictionary (random ids defeat it; 2x faster to write);
                                # BYTE_STREAM_SPLIT is 10% smaller but needs pyarrow >= 16
-_STREAMS = 5                   # counter-based random streams: 4 per edge, 1 for features
+_STREAMS = 5                   # 64-bit keys: 4 counter-based edge streams, 1 for features
 _ROUNDS = 4                    # Feistel rounds; each takes an xor key and an odd multiplier
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -154,22 +155,11 @@ def _edge_block(e0, src, dst, n, starts, cum_mass, span, lo, inv_b, r0, h, keys,
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _node_block(i0, labels, feats, n, num_classes, means, signal, key, fkeys, lbits, rbits):
-    """Labels and features of nodes i0 .. i0+len(labels)-1 (Box-Muller normals by counter)."""
-    dim = feats.shape[1]
+def _label_block(i0, labels, n, num_classes, fkeys, lbits, rbits):
+    """Classes of nodes i0 .. i0+len(labels)-1: class of the position each id came from."""
     for j in prange(labels.shape[0]):
-        i = i0 + j
-        p = _feistel_inv(i, n, lbits, rbits, fkeys)
-        y = (num_classes * (p + 1) - 1) // n
-        labels[j] = y
-        base = i * ((dim + 1) // 2)
-        for q in range(0, dim, 2):
-            u1 = 1.0 - _uniform(key, base + q // 2)       # (0, 1]: log is finite
-            u2 = _uniform(key ^ _GOLD, base + q // 2)
-            rad = math.sqrt(-2.0 * math.log(u1))
-            feats[j, q] = signal * means[y, q] + rad * math.cos(2.0 * math.pi * u2)
-            if q + 1 < dim:
-                feats[j, q + 1] = signal * means[y, q + 1] + rad * math.sin(2.0 * math.pi * u2)
+        p = _feistel_inv(i0 + j, n, lbits, rbits, fkeys)
+        labels[j] = (num_classes * (p + 1) - 1) // n
 
 
 # ---------------------------------------------------------------- model parameters
@@ -264,37 +254,34 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
              overwrite: bool = False, degree_exponent: float = DEFAULTS["degree_exponent"],
              max_degree: float | None = None, signal: float | None = None,
              edges_per_part: int = EDGES_PER_PART) -> dict[str, Any]:
-    """Write OUT/edges/part-*.parquet, features.npy, labels.npy, synth.json; return synth.json.
+    """Write OUT/edges/part-*.parquet, features.npy, labels.npy, synth.json; return synth.json
+    (plus `_seconds`, timings kept out of the file so that it stays deterministic).
 
     Output goes to a temporary directory beside OUT, renamed into place at the end.
     """
     out = Path(out).absolute()
     nodes, classes, feature_dim, seed = int(nodes), int(classes), int(feature_dim), int(seed)
-    _validate(out, overwrite, nodes, float(avg_degree), classes, feature_dim, float(homophily),
-              float(degree_exponent), max_degree, signal, int(edges_per_part))
+    avg_degree, homophily, gamma = float(avg_degree), float(homophily), float(degree_exponent)
+    _validate(out, overwrite, nodes, avg_degree, classes, feature_dim, homophily, gamma,
+              max_degree, signal, int(edges_per_part))
     num_edges = int(round(nodes * avg_degree / 2))
-    id_dtype = np.int32 if nodes < 1 << 31 else np.int64
-    id_size = np.dtype(id_dtype).itemsize
-    need = num_edges * 2 * id_size + nodes * (feature_dim * 4 + 8)
+    id_dtype = np.dtype(np.int32 if nodes < 1 << 31 else np.int64)
+    need = num_edges * 2 * id_dtype.itemsize + nodes * (feature_dim * 4 + 8)
     free = shutil.disk_usage(out.parent).free
     require(need < free, f"--out: about {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free")
 
-    b = (degree_exponent - 2.0) / (degree_exponent - 1.0)    # 1 - zipf exponent
+    b = (gamma - 2.0) / (gamma - 1.0)                         # 1 - Zipf exponent
     starts = (np.arange(classes + 1, dtype=np.int64) * nodes) // classes
-    size_min = int(np.diff(starts).min())
-    if max_degree is None:
-        max_degree = math.sqrt(nodes * avg_degree)           # structural cutoff
-    r0 = clip_offset(size_min, b, avg_degree, float(max_degree))
-    lo = r0 ** b
-    span = (np.diff(starts) + r0) ** b - lo
-    cum_mass = np.concatenate([[0.0], np.cumsum(span)])
-    if signal is None:
-        signal = auto_signal(classes)
-    means = class_means(seed, classes, feature_dim)
+    sizes = np.diff(starts)
+    max_degree = math.sqrt(nodes * avg_degree) if max_degree is None else float(max_degree)
+    r0 = clip_offset(int(sizes.min()), b, avg_degree, max_degree)
+    span = (sizes + r0) ** b - r0 ** b
+    signal = auto_signal(classes) if signal is None else float(signal)
     keys = _keys(seed)
-    fkeys = keys[_STREAMS:]
     bits = max(2, int(nodes - 1).bit_length())
     lbits, rbits = bits // 2, bits - bits // 2
+    model = (nodes, starts, np.concatenate([[0.0], np.cumsum(span)]), span, r0 ** b,
+             _exponent(1.0 / b), r0, homophily, keys, keys[_STREAMS:], lbits, rbits)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
     try:
@@ -303,50 +290,39 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
         tmp.chmod(0o777 & ~umask)
         t0 = time.perf_counter()
         (tmp / "edges").mkdir()
-        written, loops, same, parts = _write_edges(
-            tmp / "edges", num_edges, int(edges_per_part), id_dtype,
-            (nodes, starts, cum_mass, span, lo, _exponent(1.0 / b), r0, float(homophily), keys,
-             fkeys,
-             lbits, rbits))
+        written, loops, same, parts = _write_edges(tmp / "edges", num_edges,
+                                                   int(edges_per_part), id_dtype, model)
         t_edges = time.perf_counter() - t0
-        _write_nodes(tmp, nodes, classes, means, float(signal), keys[4], fkeys, lbits, rbits)
+        _write_nodes(tmp, nodes, classes, class_means(seed, classes, feature_dim), signal,
+                     keys[4], keys[_STREAMS:], lbits, rbits)
         edge_bytes = sum(f.stat().st_size for f in (tmp / "edges").iterdir())
         info = {
             "model": "degree-corrected contextual SBM (lrgi_ooc.synth)",
-            "parameters": {
-                "nodes": nodes, "avg_degree": float(avg_degree), "classes": classes,
-                "feature_dim": feature_dim, "homophily": float(homophily), "seed": seed,
-                "degree_exponent": float(degree_exponent), "max_degree": float(max_degree),
-                "signal": float(signal), "noise_std": 1.0, "edges_per_part": int(edges_per_part),
-                "other_class": "uniform over the other classes",
-            },
-            "derived": {
-                "rank_offset_r0": r0,
-                "raw_bayes_accuracy": (round(bayes_accuracy(signal, classes), 4)
-                                       if feature_dim >= classes else None),
-                "expected_top_degree": avg_degree * size_min * _top_share(r0, size_min, b),
-                "class_sizes": {str(v): int(k) for v, k in
-                                zip(*np.unique(np.diff(starts), return_counts=True))},
-            },
-            "counts": {
-                "undirected_edges_requested": num_edges, "edges_written": written,
-                "self_loops_dropped": loops, "realised_homophily": same / max(written, 1),
-                "parts": parts,
-            },
-            "files": {
-                "edges": "edges/", "edge_columns": ["src", "dst"],
-                "id_dtype": np.dtype(id_dtype).name, "parquet_compression": PARQUET_COMPRESSION,
-                "parquet_encoding": PARQUET_ENCODING,
-                "features": "features.npy", "features_dtype": "float32",
-                "labels": "labels.npy", "labels_dtype": "int64",
-                "undirected": True,
-            },
-            "bytes": {
-                "edges": edge_bytes,
-                "features": (tmp / "features.npy").stat().st_size,
-                "labels": (tmp / "labels.npy").stat().st_size,
-                "per_edge": round(edge_bytes / max(written, 1), 3),
-            },
+            "parameters": dict(
+                nodes=nodes, avg_degree=avg_degree, classes=classes, feature_dim=feature_dim,
+                homophily=homophily, seed=seed, degree_exponent=gamma, max_degree=max_degree,
+                signal=signal, noise_std=1.0, edges_per_part=int(edges_per_part),
+                other_class="uniform over the other classes"),
+            "derived": dict(
+                rank_offset_r0=r0,
+                raw_bayes_accuracy=(round(bayes_accuracy(signal, classes), 4)
+                                    if feature_dim >= classes else None),
+                expected_top_degree=avg_degree * sizes.min() * _top_share(r0, sizes.min(), b),
+                class_sizes={str(v): int(k) for v, k in zip(*np.unique(sizes,
+                                                                        return_counts=True))}),
+            "counts": dict(
+                undirected_edges_requested=num_edges, edges_written=written,
+                self_loops_dropped=loops, realised_homophily=same / max(written, 1),
+                parts=parts),
+            "files": dict(
+                edges="edges/", edge_columns=["src", "dst"], id_dtype=id_dtype.name,
+                parquet_compression=PARQUET_COMPRESSION, parquet_encoding=PARQUET_ENCODING,
+                features="features.npy", features_dtype="float32",
+                labels="labels.npy", labels_dtype="int64", undirected=True),
+            "bytes": dict(
+                edges=edge_bytes, features=(tmp / "features.npy").stat().st_size,
+                labels=(tmp / "labels.npy").stat().st_size,
+                per_edge=round(edge_bytes / max(written, 1), 3)),
         }
         (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
         _publish(tmp, out)
@@ -357,7 +333,7 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
     return info
 
 
-def _write_edges(edir: Path, num_edges: int, per_part: int, id_dtype: type,
+def _write_edges(edir: Path, num_edges: int, per_part: int, id_dtype: np.dtype,
                  model: tuple) -> tuple[int, int, int, int]:
     """Stream edge blocks into Parquet parts; writing block k overlaps generating block k+1."""
     import pyarrow as pa
@@ -400,22 +376,41 @@ def _write_edges(edir: Path, num_edges: int, per_part: int, id_dtype: type,
 
 def _write_nodes(tmp: Path, nodes: int, classes: int, means: np.ndarray, signal: float,
                  key: np.uint64, fkeys: np.ndarray, lbits: int, rbits: int) -> None:
-    """labels.npy (int64) and features.npy (float32), block by block into .npy memmaps."""
+    """labels.npy (int64) and features.npy (float32): .npy header, then raw appends of
+    reused block buffers (a memmap would keep every written page in RSS).
+
+    Noise is numpy's ziggurat, one generator per block of `step` nodes keyed by the block
+    index; `step` depends only on feature_dim, so the output is fixed by the parameters.
+    """
     dim = means.shape[1]
-    feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
-                                      shape=(nodes, dim))
-    labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.int64,
-                                       shape=(nodes,))
-    step = max(1, min(NODES_PER_BLOCK, (64 << 20) // (4 * dim)))
-    with bar(nodes, "synth nodes", unit="node") as pb:
-        for i0 in range(0, nodes, step):
-            i1 = min(nodes, i0 + step)
-            _node_block(i0, labels[i0:i1], feats[i0:i1], nodes, classes, means, signal, key,
-                        fkeys, lbits, rbits)
-            pb.update(i1 - i0)
-    feats.flush()
-    labels.flush()
-    del feats, labels
+    step = max(1, min(NODES_PER_BLOCK, (16 << 20) // (4 * dim)))
+    scaled = (signal * means).astype(np.float32)
+    slots = [(np.empty(step, np.int64), np.empty((step, dim), np.float32),
+              np.empty((step, dim), np.float32)) for _ in range(2)]
+
+    def fill(k: int, cnt: int, lab: np.ndarray, x: np.ndarray, shift: np.ndarray) -> None:
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(key), k])))
+        rng.standard_normal(dtype=np.float32, out=x[:cnt])      # releases the GIL
+        np.take(scaled, lab[:cnt], axis=0, out=shift[:cnt])
+        np.add(x[:cnt], shift[:cnt], out=x[:cnt])
+
+    blocks = [(k, i0, min(step, nodes - i0)) for k, i0 in enumerate(range(0, nodes, step))]
+    with open(tmp / "features.npy", "wb") as ff, open(tmp / "labels.npy", "wb") as fl, \
+            ThreadPoolExecutor(2) as pool, bar(nodes, "synth nodes", unit="node") as pb:
+        for f, dtype, shape in ((ff, np.float32, (nodes, dim)), (fl, np.int64, (nodes,))):
+            np.lib.format.write_array_header_1_0(f, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                "fortran_order": False, "shape": shape})
+        for pair in range(0, len(blocks), 2):      # two blocks at a time, written in order
+            todo = list(zip(blocks[pair:pair + 2], slots))
+            for (k, i0, cnt), (lab, x, shift) in todo:
+                _label_block(i0, lab[:cnt], nodes, classes, fkeys, lbits, rbits)
+            futures = [pool.submit(fill, k, cnt, *slot) for (k, _, cnt), slot in todo]
+            for ((_, _, cnt), (lab, x, _)), fut in zip(todo, futures):
+                fut.result()
+                ff.write(memoryview(x[:cnt]))
+                fl.write(memoryview(lab[:cnt]))
+                pb.update(cnt)
 
 
 def _publish(tmp: Path, out: Path) -> None:
