@@ -567,6 +567,23 @@ def open_npz(path: str | Path, chunk: int = 1 << 22) -> Dataset:
     return ds
 
 
+def _ogb_dataset_module():
+    """ogb's NumPy dataset module, loaded without `ogb.nodeproppred/__init__`, which imports
+    torch_geometric and the evaluators (seconds of imports this path never uses)."""
+    import importlib.util
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = importlib.util.find_spec("ogb")
+        path = Path(spec.origin).parent / "nodeproppred" / "dataset.py" if spec else None
+        if path is None or not path.is_file():
+            raise InputError("--ogb: the ogb package is not installed")
+        mod_spec = importlib.util.spec_from_file_location("_lrgi_ooc_ogb_dataset", path)
+        mod = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(mod)
+    return mod
+
+
 def open_ogb(name: str, root: str | Path, chunk: int = 1 << 22) -> Dataset:
     """An ogbn-* dataset from a local ogb root, through ogb's NumPy loader (no download).
 
@@ -579,11 +596,9 @@ def open_ogb(name: str, root: str | Path, chunk: int = 1 << 22) -> Dataset:
     import sys
     import warnings
     import pandas as pd
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import ogb.nodeproppred as onp
+    onp = _ogb_dataset_module()
     r = require_file(root, "--ogb-root")
-    master = pd.read_csv(Path(onp.__file__).parent / "master.csv", index_col=0,
+    master = pd.read_csv(Path(onp.__file__).with_name("master.csv"), index_col=0,
                          keep_default_na=False)
     if name not in master:
         raise InputError(f"--ogb: unknown dataset '{name}' (ogb knows: {', '.join(master.keys())})")
