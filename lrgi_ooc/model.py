@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv
 
+from .attention import block_output
+
 if TYPE_CHECKING:
     from .loader import TensorBatch
 
@@ -36,8 +38,7 @@ class LRGIBlock(nn.Module):
         the targets, so with num_targets = n this is the plain full-graph layer.
         """
         t = x.size(0) if num_targets is None else int(num_targets)
-        xt = x[:t]
-        return F.elu(self.conv((x, xt), edge_index) + self.skip(xt))
+        return block_output(self.conv, self.skip.weight, x, edge_index, t)
 
 
 def propagate(u: Tensor, prop_src: Tensor, prop_dst: Tensor, prop_weight: Tensor,
