@@ -19,13 +19,14 @@ at least one node) whose in-edges alone exceed the budget is built as one range,
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
 
 from . import progress
 from . import store as store_module
@@ -127,72 +128,115 @@ def _parts(pairs, lo, pshift, undirected, drop_loops, pos, out, dl):
 
 
 @njit(cache=True)
-def _rows(out, dl, starts, pshift, nrows, dedup, indptr, cnt, nxt, tmp):
-    """Per part: counting sort by dl (scattered through `tmp` when the part fits it, in place
-    otherwise), then sort (+ dedup) each row, compacting `out` to the front; indptr[r + 1] =
-    end of row r. Returns the number of stored entries."""
-    size = 1 << pshift
-    w = 0
-    indptr[0] = 0
-    for q in range(len(starts) - 1):
-        a0, a1 = starts[q], starts[q + 1]
-        r0 = q * size
-        nr = min(size, nrows - r0)
-        cnt[:nr + 1] = 0
+def _part(out, dl, a0, a1, r0, nr, dedup, indptr, cnt, nxt, tmp):
+    """One part: counting sort by dl (through `tmp` when the part fits it, in place
+    otherwise), then sort (+ dedup) each row, compacting to a0. indptr[r0 + r + 1] = end of row
+    r relative to a0. Returns the number of entries kept."""
+    cnt[:nr + 1] = 0
+    for j in range(a0, a1):
+        cnt[dl[j] + 1] += 1
+    for r in range(nr):
+        cnt[r + 1] += cnt[r]
+    nxt[:nr] = cnt[:nr]
+    if a1 - a0 <= len(tmp):
+        src, base = tmp, 0
         for j in range(a0, a1):
-            cnt[dl[j] + 1] += 1
-        for r in range(nr):
-            cnt[r + 1] += cnt[r]
-        nxt[:nr] = cnt[:nr]
-        if a1 - a0 <= len(tmp):
-            src, base = tmp, 0
-            for j in range(a0, a1):
+            t = dl[j]
+            tmp[nxt[t]] = out[j]
+            nxt[t] += 1
+    else:
+        src, base = out, a0
+        for r in range(nr):                        # American flag sort: cycle elements home
+            while nxt[r] < cnt[r + 1]:
+                j = a0 + nxt[r]
                 t = dl[j]
-                tmp[nxt[t]] = out[j]
-                nxt[t] += 1
+                if t == r:
+                    nxt[r] += 1
+                else:
+                    k = a0 + nxt[t]
+                    nxt[t] += 1
+                    out[j], out[k] = out[k], out[j]
+                    dl[j] = dl[k]
+    w = a0
+    for r in range(nr):
+        a, b = base + cnt[r], base + cnt[r + 1]
+        if b - a > 24:
+            src[a:b].sort()
         else:
-            src, base = out, a0
-            for r in range(nr):                    # American flag sort: cycle elements home
-                while nxt[r] < cnt[r + 1]:
-                    j = a0 + nxt[r]
-                    t = dl[j]
-                    if t == r:
-                        nxt[r] += 1
-                    else:
-                        k = a0 + nxt[t]
-                        nxt[t] += 1
-                        out[j], out[k] = out[k], out[j]
-                        dl[j] = dl[k]
-        for r in range(nr):
-            a, b = base + cnt[r], base + cnt[r + 1]
-            if b - a > 24:
-                src[a:b].sort()
-            else:
-                for j in range(a + 1, b):
-                    v = src[j]
-                    t = j - 1
-                    while t >= a and src[t] > v:
-                        src[t + 1] = src[t]
-                        t -= 1
-                    src[t + 1] = v
-            for j in range(a, b):
-                if not dedup or j == a or src[j] != src[j - 1]:
-                    out[w] = src[j]
-                    w += 1
-            indptr[r0 + r + 1] = w
+            for j in range(a + 1, b):
+                v = src[j]
+                t = j - 1
+                while t >= a and src[t] > v:
+                    src[t + 1] = src[t]
+                    t -= 1
+                src[t + 1] = v
+        for j in range(a, b):
+            if not dedup or j == a or src[j] != src[j - 1]:
+                out[w] = src[j]
+                w += 1
+        indptr[r0 + r + 1] = w - a0
+    return w - a0
+
+
+@njit(cache=True, parallel=True)
+def _rows(out, dl, starts, pshift, nrows, dedup, indptr, cnt, nxt, tmp, kept):
+    """All parts of a range, split between threads (scratch row t of cnt/nxt/tmp each), then
+    one sequential pass moving each part's rows down behind the previous ones. Returns the
+    number of stored entries; indptr[r + 1] = end of row r."""
+    nparts = len(starts) - 1
+    nt = cnt.shape[0]
+    for t in prange(nt):
+        for q in range(t * nparts // nt, (t + 1) * nparts // nt):
+            r0 = q << pshift
+            kept[q] = _part(out, dl, starts[q], starts[q + 1], r0,
+                            min(1 << pshift, nrows - r0), dedup, indptr, cnt[t], nxt[t], tmp[t])
+    indptr[0] = 0
+    w = 0
+    for q in range(nparts):
+        a0 = starts[q]
+        if w != a0:
+            for j in range(kept[q]):
+                out[w + j] = out[a0 + j]
+        r0 = q << pshift
+        for r in range(r0 + 1, min(r0 + (1 << pshift), nrows) + 1):
+            indptr[r] += w
+        w += kept[q]
     return w
 
 
 # ----------------------------------------------------------------------------- helpers
+_LIBC: list = []
+
+
+def _libc():
+    if not _LIBC:
+        try:
+            lib = ctypes.CDLL(None)
+            lib.mallopt, lib.madvise        # glibc on Linux; elsewhere neither is used
+        except (OSError, AttributeError):
+            lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
 def _return_freed_memory() -> None:
     """glibc raises its mmap threshold up to 32 MB after large frees; buffers below it then
     come from the heap and stay resident after `del` (measured: +60 to +100 MB peak RSS here).
     A fixed threshold keeps every allocation >= 1 MB an mmap that free() returns at once."""
-    try:
-        import ctypes
-        ctypes.CDLL(None).mallopt(-3, 1 << 20)      # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    if _libc() is not None:
+        _libc().mallopt(-3, 1 << 20)                # M_MMAP_THRESHOLD
+
+
+def _empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """np.empty, backed by transparent huge pages when large: first touch of fresh memory is
+    slow on these virtual machines, and scatters into large arrays miss the TLB less."""
+    a = np.empty(shape, dtype)
+    if a.nbytes >= 8 << 20 and _libc() is not None:
+        start = (a.ctypes.data + (1 << 21) - 1) & ~((1 << 21) - 1)
+        end = (a.ctypes.data + a.nbytes) & ~((1 << 21) - 1)
+        if end > start:
+            _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)
+    return a                                        # 14: MADV_HUGEPAGE (Linux)
 
 
 def _as_ids(a: np.ndarray, source: str) -> np.ndarray:
@@ -259,8 +303,10 @@ class _Build:
         ptr_chunk = 8 * store_module.chunk_rows_for(max(self.num_nodes, 1) + 1, 8)
         isz = self.out_dt.itemsize
         idx_chunk = isz * store_module.chunk_rows_for(max(self.stored, 1), isz)
-        reserve = (self.hist.nbytes + 2 * self.id_dt.itemsize * _PIECE + (16 << self.pshift)
-                   + isz * _PART_TMP + ptr_chunk + idx_chunk + max(ptr_chunk, idx_chunk))
+        nt = get_num_threads()
+        reserve = (self.hist.nbytes + 2 * self.id_dt.itemsize * _PIECE
+                   + nt * ((16 << self.pshift) + isz * _PART_TMP)
+                   + ptr_chunk + idx_chunk + max(ptr_chunk, idx_chunk))
         return max(self.limit - reserve, self.limit // 4, _MIN_BUDGET)
 
     @property
@@ -295,7 +341,7 @@ class _Build:
         b = self.bufs.get(name)
         if b is None or b.dtype != dtype or b.shape[0] < shape[0]:
             self.bufs.pop(name, None)
-            b = self.bufs[name] = np.empty(shape, dtype)
+            b = self.bufs[name] = _empty(shape, dtype)
         return b[:shape[0]]
 
     def _tmp(self, name: str) -> Path:
@@ -354,7 +400,7 @@ class _Build:
             self.m + m, (self.m + m) * (2 if self.und else 1)) + s.nbytes + d.nbytes <= self.budget
         self.m += m
         if keep:
-            pairs = np.empty((m, 2), self.id_dt)
+            pairs = _empty((m, 2), self.id_dt)
             self.loops += _scan(s, d, pairs, self.hist, self.shift, self.und, self.drop)
             self.held.append(pairs)
             return
@@ -520,10 +566,12 @@ class _Build:
             raise RuntimeError(f"csrbuild: range [{lo}, {hi}) received {int(pos.sum())} edges, "
                                f"histogram says {total}")
         ip = self._buf("indptr", (hi - lo + 1,), np.int64)
+        nt = get_num_threads()
         e = _rows(out, dl, starts, ps, hi - lo, self.dedup, ip,
-                  self._buf("cnt", ((1 << ps) + 1,), np.int64),
-                  self._buf("nxt", (1 << ps,), np.int64),
-                  self._buf("tmp", (_PART_TMP,), self.out_dt))
+                  self._buf("cnt", (nt, (1 << ps) + 1), np.int64),
+                  self._buf("nxt", (nt, 1 << ps), np.int64),
+                  self._buf("tmp", (nt, _PART_TMP), self.out_dt),
+                  self._buf("kept", (len(starts) - 1,), np.int64))
         return out[:e], ip[1:]
 
     def _copy_indices(self, tmp: Path, total: int) -> None:
