@@ -7,15 +7,18 @@ Passes (each with a progress bar, unit "edges"):
 2. bucket (only when one pass does not fit): from the histogram, cut the nodes into ranges
    whose edges and nodes fit the budget and split the pairs into one file per range;
 3. build, per range: partition edges by destination into parts of 2^15 nodes (sizes known from
-   the histogram: sequential streams), then per part, in cache, an in-place counting sort by
-   destination and a sort + deduplication of each row; append to `csr/indptr` / `csr/indices`.
+   the histogram: sequential streams), then per part, in cache and parts split between numba
+   threads, a counting sort by destination and a sort + deduplication of each row; append to
+   `csr/indptr` / `csr/indices`.
 
 A range costs 6 B per stored edge (int32 source, uint16 destination within its part) plus 8 B
 per node; temp files are read with plain reads into reused buffers, never mmapped (mapped file
 pages count in RSS). Peak RSS stays within `memory_limit` plus a fixed overhead: the
-interpreter and imported libraries (numpy, numba, zarr: see docs/benchmarks.md, "Preprocessing")
-plus one chunk of the caller's input iterator. Limitation: one histogram block (N / 2^16 nodes,
-at least one node) whose in-edges alone exceed the budget is built as one range, over budget.
+interpreter and imported libraries with numba's loaded kernels (the `preprocess` CLI peaks at
+176 MB on a 3-edge graph; docs/benchmarks.md, "Preprocessing") plus the caller's input chunks
+beyond the one counted here. A cold numba cache adds a one-off compile (~20 s, ~70 MB).
+Limitation: one histogram block (N / 2^16 nodes, at least one node) whose in-edges alone
+exceed the budget is built as one range, over budget.
 """
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ def main() -> int:
           f"median of {a.rounds} rounds")
     print("| reader | rows/s | vs raw .npy memmap |\n|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v / 1e6:.2f} M | {v / base:.2f}x |")
+        print(f"| {k} | {v:,.0f} | {v / base:.3f}x |")
     Path(a.json).write_text(json.dumps({"rows": a.rows, "cols": a.cols, "batch": BATCH,
                                         "chunk_rows": CHUNK_ROWS, "rows_per_s": rates,
                                         "median_rows_per_s": med}, indent=2))
