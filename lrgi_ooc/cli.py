@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("lrgi_ooc.inspect", "print counts, dtypes, degree statistics and completed stages"),
     "validate": ("lrgi_ooc.inspect", "check a store's invariants (streamed, bounded memory)"),
     "train": ("lrgi_ooc.train", "train one LRGI layer on the table of the previous layer"),
+    "train-e2e": ("lrgi_ooc.endtoend", "baseline: train L layers jointly (small graphs), embed all"),
     "embed": ("lrgi_ooc.embed", "write one layer's output for every node into the store"),
     "layer": ("lrgi_ooc.pipeline", "train, then embed, one layer"),
     "run": ("lrgi_ooc.pipeline", "run a whole pipeline from a TOML config, resuming"),
