@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import cluster
 from . import config as cfgmod
 from .config import TrainConfig
 from .errors import InputError
@@ -20,6 +21,7 @@ from .store import GraphStore, config_hash
 PIPELINE_KEYS = {"store", "num_layers", "synth", "preprocess", "train", "layer", "embed",
                  "evaluate", "dask"}
 EMBED_KEYS = {"max_edges", "device"}
+DASK_KEYS = {"workers", "scheduler", "gpu_task"}
 EVALUATE_KEYS = {"layers", "num_splits", "seed", "epochs", "json", "stream", "memory_limit",
                  "device"}
 INPUT_STAGE = "pipeline/input"
@@ -32,15 +34,34 @@ def add_layer_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
     p.add_argument("--max-edges", type=int, default=None,
                    help="embed: edges processed at once (bounds memory)")
+    cluster.add_dask_options(p, gpu=True)
+
+
+def run_train(store: str | Path, layer: int, cfg: TrainConfig, client: Any = None,
+              gpu_task: bool = False) -> dict[str, Any]:
+    """The train stage here, or (`gpu_task`) as one Dask task on a worker with a GPU."""
+    from .train import train_layer
+    if not gpu_task:
+        return train_layer(store, layer, cfg)
+    if client is None:
+        raise InputError("--gpu-task: needs a cluster (--scheduler ADDRESS or --workers N)")
+    return cluster.run_on_resource(client, _train_task, str(Path(store).resolve()), layer, cfg)
+
+
+def _train_task(store: str, layer: int, cfg: TrainConfig) -> dict[str, Any]:
+    from .train import train_layer
+    cluster.set_torch_threads()
+    return train_layer(store, layer, cfg)
 
 
 def main_layer(args: argparse.Namespace) -> int:
     from .embed import DEFAULT_MAX_EDGES, embed_layer
-    from .train import config_from_args, train_layer
+    from .train import config_from_args
     cfg = config_from_args(args)
-    train_layer(args.store, args.layer, cfg)
-    embed_layer(args.store, args.layer, max_edges=args.max_edges or DEFAULT_MAX_EDGES,
-                device=cfg.device)
+    with cluster.dask_client(args.workers, args.scheduler, gpu=bool(args.gpu_task)) as client:
+        run_train(args.store, args.layer, cfg, client, bool(args.gpu_task))
+        embed_layer(args.store, args.layer, max_edges=args.max_edges or DEFAULT_MAX_EDGES,
+                    device=cfg.device, client=client)
     return 0
 
 
@@ -49,6 +70,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="pipeline TOML file (see pipelines/)")
     p.add_argument("--store", help="override the config's store path")
     p.add_argument("--num-layers", type=int, help="override the config's num_layers")
+    cluster.add_dask_options(p, gpu=True)
 
 
 def _preprocess_argv(table: dict[str, Any], synth_out: Path | None, out: Path) -> list[str]:
@@ -76,6 +98,7 @@ def _run_synth(table: dict[str, Any], source: str) -> Path:
     if "out" not in t:
         raise InputError(f"{source}: [synth] needs 'out' (directory for the generated files)")
     out = Path(t.pop("out"))
+    out.parent.mkdir(parents=True, exist_ok=True)
     marker = out / "synth.json"
     if marker.exists():
         try:
@@ -102,13 +125,27 @@ def _layer_configs(doc: dict[str, Any], n: int, source: str) -> list[TrainConfig
             for i in range(1, n + 1)]
 
 
-def run_pipeline(path: str | Path, store_override: str | None = None,
-                 layers_override: int | None = None) -> list[dict[str, Any]]:
-    from .cli import main as cli_main
-    from .embed import DEFAULT_MAX_EDGES, embed_layer
-    from .probe import format_table, run_probe_table
-    from .train import train_layer
+def _dask_settings(doc: dict[str, Any], source: str,
+                   override: dict[str, Any] | None) -> dict[str, Any]:
+    """[dask] workers / scheduler / gpu_task, command-line values taking precedence."""
+    d = dict(cfgmod.check_keys(doc.get("dask", {}), DASK_KEYS, f"{source} [dask]"))
+    for k, v in (override or {}).items():
+        if v is not None:
+            d[k] = v
+    if override and override.get("workers") is not None:
+        d.pop("scheduler", None)
+    if override and override.get("scheduler") is not None:
+        d.pop("workers", None)
+    cluster.check_options(d.get("workers"), d.get("scheduler"), f"{source} [dask]")
+    if not isinstance(d.get("gpu_task", False), bool):
+        raise InputError(f"{source} [dask]: gpu_task must be true or false")
+    return d
 
+
+def run_pipeline(path: str | Path, store_override: str | None = None,
+                 layers_override: int | None = None,
+                 dask: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """`dask`: workers / scheduler / gpu_task from the command line (over the [dask] table)."""
     source = str(path)
     doc = cfgmod.check_keys(cfgmod.load_toml(path), PIPELINE_KEYS, source)
     store_path = store_override or doc.get("store")
@@ -125,9 +162,23 @@ def run_pipeline(path: str | Path, store_override: str | None = None,
     eval_opts = dict(cfgmod.check_keys(doc.get("evaluate", {}), EVALUATE_KEYS,
                                        f"{source} [evaluate]"))
     out = Path(store_path)
+    dk = _dask_settings(doc, source, dask)
+    with cluster.dask_client(dk.get("workers"), dk.get("scheduler"),
+                             gpu=bool(dk.get("gpu_task"))) as client:
+        _run_stages(doc, source, out, n, layer_cfgs, embed_opts, client,
+                    bool(dk.get("gpu_task")))
+    return _evaluate(out, n, eval_opts)
+
+
+def _run_stages(doc: dict[str, Any], source: str, out: Path, n: int,
+                layer_cfgs: list[TrainConfig], embed_opts: dict[str, Any], client: Any,
+                gpu_task: bool) -> None:
+    from .cli import main as cli_main
+    from .embed import DEFAULT_MAX_EDGES, embed_layer
 
     # inputs: synth -> preprocess, skipped when the store was built from the same inputs
     if "synth" in doc or "preprocess" in doc:
+        out.parent.mkdir(parents=True, exist_ok=True)
         synth_out = _run_synth(doc["synth"], source) if "synth" in doc else None
         argv = _preprocess_argv(doc.get("preprocess", {}), synth_out, out)
         inp = {"argv": argv[3:], "synth": config_hash(doc.get("synth", {}))}
@@ -149,9 +200,13 @@ def run_pipeline(path: str | Path, store_override: str | None = None,
                          "([preprocess] or [synth])")
 
     for i, cfg in enumerate(layer_cfgs, start=1):
-        train_layer(out, i, cfg)
+        run_train(out, i, cfg, client, gpu_task)
         embed_layer(out, i, max_edges=int(embed_opts.get("max_edges", DEFAULT_MAX_EDGES)),
-                    device=str(embed_opts.get("device", cfg.device)))
+                    device=str(embed_opts.get("device", cfg.device)), client=client)
+
+
+def _evaluate(out: Path, n: int, eval_opts: dict[str, Any]) -> list[dict[str, Any]]:
+    from .probe import format_table, run_probe_table
 
     layers = eval_opts.pop("layers", list(range(0, n + 1)))
     json_out = eval_opts.pop("json", None)
@@ -172,5 +227,7 @@ def run_pipeline(path: str | Path, store_override: str | None = None,
 
 
 def main_run(args: argparse.Namespace) -> int:
-    run_pipeline(args.config, args.store, args.num_layers)
+    run_pipeline(args.config, args.store, args.num_layers,
+                 {"workers": args.workers, "scheduler": args.scheduler,
+                  "gpu_task": args.gpu_task})
     return 0

@@ -308,7 +308,7 @@ class GraphStore:
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         data = np.ascontiguousarray(block, dtype=a.dtype)
         with open(tmp, "wb") as f:
-            f.write(data.tobytes() if data.size else b"")
+            f.write(memoryview(data.reshape(-1).view(np.uint8)))
             pad = a.chunk_nbytes - data.nbytes
             if pad:
                 f.truncate(a.chunk_nbytes)
