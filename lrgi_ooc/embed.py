@@ -11,13 +11,16 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import cluster
 from .errors import InputError
-from .store import GraphStore, config_hash, embeddings_key, train_embeddings_key
+from .store import (MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings_key,
+                    train_embeddings_key)
 from .train import embed_stage, load_weights, train_stage
 
 DEFAULT_MAX_EDGES = 1 << 21
@@ -34,10 +37,15 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
     p.add_argument("--layer", type=int, required=True)
     add_embed_options(p)
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per output chunk = per task (multiple of 4096; default: ~32 MB)")
+    cluster.add_dask_options(p)
 
 
 def main_embed(args: argparse.Namespace) -> int:
-    embed_layer(args.store, args.layer, max_edges=args.max_edges, device=args.device)
+    with cluster.dask_client(args.workers, args.scheduler) as client:
+        embed_layer(args.store, args.layer, max_edges=args.max_edges, device=args.device,
+                    client=client, chunk_rows=args.chunk_rows)
     return 0
 
 
@@ -117,15 +125,20 @@ def embed_config(store: GraphStore, layer: int) -> dict[str, Any]:
     return {"layer": int(layer), "train": rec["config_hash"]}
 
 
-def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int) -> Path:
-    """Create (or keep, when resuming the same configuration) the output arrays."""
+def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int,
+                   train_rows: int | None = None, chunk_rows: int | None = None) -> Path:
+    """Create (or keep, when resuming the same configuration) the output arrays:
+    the table, and with `train_rows` the inductive table of the training nodes."""
     run = store.run_dir(embed_stage(layer))
     prog = run / PROGRESS_FILE
     chash = config_hash(conf)
     resuming = prog.exists() and json.loads(prog.read_text()).get("config_hash") == chash
-    key = embeddings_key(layer)
-    if not (resuming and store.has(key)):
-        store.create_array(key, (store.num_nodes, dim), np.float32)
+    arrays = {embeddings_key(layer): store.num_nodes}
+    if train_rows is not None:
+        arrays[train_embeddings_key(layer)] = train_rows
+    if not (resuming and all(store.has(k) for k in arrays)):
+        for key, rows in arrays.items():
+            store.create_array(key, (rows, dim), np.float32, chunk_rows)
         tmp = prog.with_name(prog.name + ".tmp")
         tmp.write_text(json.dumps({"config_hash": chash}))
         os.replace(tmp, prog)
@@ -148,12 +161,58 @@ def embed_chunk(store: GraphStore, layer: int, key: str, i: int, block, graph, t
     return int(graph[0][ids + 1].sum() - graph[0][ids].sum()) if len(ids) else 0
 
 
-def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
-                device: str = "auto") -> dict[str, Any]:
-    from .progress import bar
-    from .train import graph_for, resolve_device, seed_nodes
+@dataclass(frozen=True)
+class EmbedSpec:
+    """What a chunk task needs to find its inputs on a worker (small: shipped with each task)."""
+    store: str               # absolute path, the same on every worker
+    layer: int
+    max_edges: int
+    device: str
+    inductive: bool
+    stamp: tuple             # store dir and weights file (inode, mtime): the worker cache key
 
-    store = GraphStore(store_path)
+
+def _context(spec: EmbedSpec) -> dict[str, Any]:
+    """Block, input table and graph(s) of a layer: loaded once per worker process."""
+    def make() -> dict[str, Any]:
+        from .train import graph_for, resolve_device, seed_nodes
+        store = GraphStore(spec.store)
+        block, _ = load_weights(store, spec.layer)
+        dev = resolve_device(spec.device)
+        ctx = {"store": store, "block": block.to(dev), "device": dev,
+               "table": store.table(spec.layer - 1),
+               embeddings_key(spec.layer): ((store.indptr(), store.indices()), None)}
+        if spec.inductive:
+            ctx[train_embeddings_key(spec.layer)] = (graph_for(store, True),
+                                                     seed_nodes(store, True))
+        return ctx
+    return cluster.worker_cached(("embed", spec), make)
+
+
+def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
+    """One task: compute and write output chunk i of `key`; returns the edges it read.
+
+    Memory: the block's weights, the memory maps, and one piece of at most `max_edges` edges
+    (about max_edges * (4 F + 16 D + 64) bytes) plus chunk_rows * (F + 3 D) * 4 bytes."""
+    cluster.set_torch_threads()
+    ctx = _context(spec)
+    graph, targets = ctx[key]
+    return embed_chunk(ctx["store"], spec.layer, key, i, ctx["block"], graph, ctx["table"],
+                       spec.max_edges, ctx["device"], targets)
+
+
+def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
+                device: str = "auto", client: Any = None,
+                chunk_rows: int | None = None) -> dict[str, Any]:
+    """Write layer L's table; chunk tasks run in-process (client None) or on a Dask client.
+
+    One task per output chunk: `chunk_rows` (a multiple of 4096, used when the table is
+    created) sets the task size; by default the store picks about 32 MB chunks.
+    The task plan is the output arrays' chunk grid minus the chunks already on disk, so a run
+    killed at any point (client or worker) resumes with the chunks not yet written."""
+    from .train import WEIGHTS_FILE, seed_nodes
+
+    store = GraphStore(Path(store_path).resolve())
     stage = embed_stage(layer)
     conf = embed_config(store, layer)
     if store.stage_complete(stage, conf):
@@ -162,35 +221,34 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     if max_edges <= 0:
         raise InputError(f"--max-edges: must be positive, got {max_edges}")
     store.clear_stage(stage)
-    block, blob = load_weights(store, layer)
-    dev = resolve_device(device)
-    block = block.to(dev)
-    table = store.table(layer - 1)
-    if table.shape[1] != blob["in_dim"]:
+    _, blob = load_weights(store, layer)
+    width = store.info(store.table_key(layer - 1)).shape[1]
+    if width != blob["in_dim"]:
         raise InputError(f"{store.path}: layer {layer} was trained on width {blob['in_dim']} "
-                         f"but its input table has width {table.shape[1]}")
+                         f"but its input table has width {width}")
     dim = int(blob["config"]["dim"])
-    prepare_output(store, layer, conf, dim)
     inductive = bool(blob["config"].get("inductive"))
-    jobs: list[tuple[str, Any, np.ndarray | None]] = [
-        (embeddings_key(layer), (store.indptr(), store.indices()), None)]
-    if inductive:
-        train_ids = seed_nodes(store, True)
-        tkey = train_embeddings_key(layer)
-        if not store.has(tkey):
-            store.create_array(tkey, (len(train_ids), dim), np.float32)
-        jobs.append((tkey, graph_for(store, True), train_ids))
+    keys = [embeddings_key(layer)] + ([train_embeddings_key(layer)] if inductive else [])
+    train_rows = len(seed_nodes(store, True)) if inductive else None
+    if chunk_rows is not None and (chunk_rows <= 0 or chunk_rows % MIN_CHUNK_ROWS):
+        raise InputError(f"--chunk-rows: must be a positive multiple of {MIN_CHUNK_ROWS}, "
+                         f"got {chunk_rows}")
+    prepare_output(store, layer, conf, dim, train_rows, chunk_rows)
+    weights = store.run_dir(train_stage(layer)) / WEIGHTS_FILE
+    spec = EmbedSpec(str(store.path), int(layer), int(max_edges), str(device), inductive,
+                     (cluster.file_stamp(store.path), cluster.file_stamp(weights)))
     t0 = time.time()
     edges = 0
-    for key, graph, targets in jobs:
-        todo = pending_chunks(store, key)
+    for key in keys:
         info = store.info(key)
-        with bar(info.num_rows, f"embed layer {layer}", unit="node",
-                 initial=info.num_rows - sum(np.diff(info.chunk_bounds(i))[0] for i in todo)) as pb:
-            for i in todo:
-                edges += embed_chunk(store, layer, key, i, block, graph, table, max_edges, dev,
-                                     targets)
-                pb.update(int(np.diff(info.chunk_bounds(i))[0]))
+        todo = pending_chunks(store, key)
+        rows = [int(np.diff(info.chunk_bounds(i))[0]) for i in todo]
+        done = cluster.run_tasks(client, embed_task, [(spec, key, i) for i in todo],
+                                 f"embed layer {layer}", unit="node", weights=rows,
+                                 total=info.num_rows, initial=info.num_rows - sum(rows))
+        edges += sum(done)
+    if client is None:
+        cluster.clear_cache()
     secs = time.time() - t0
     store.mark_stage(stage, conf, seconds=round(secs, 2), edges=int(edges))
     return store.stage_record(stage)

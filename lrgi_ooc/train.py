@@ -60,7 +60,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .cluster import add_dask_options
     add_train_options(p)
+    add_dask_options(p, gpu=True)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -75,8 +77,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main_train(args: argparse.Namespace) -> int:
+    from .cluster import dask_client
+    from .pipeline import run_train
     cfg = config_from_args(args)
-    train_layer(args.store, args.layer, cfg)
+    with dask_client(args.workers, args.scheduler, gpu=bool(args.gpu_task)) as client:
+        run_train(args.store, args.layer, cfg, client, bool(args.gpu_task))
     return 0
 
 

@@ -89,11 +89,12 @@ def test_train_killed_then_resumed_matches_uninterrupted(tmp_path):
 
 
 def test_embed_killed_then_resumed_matches_uninterrupted(tmp_path):
-    # > 4096 rows per chunk: 5 output chunks of 4096 rows
+    # 5 output chunks of 4096 rows, small edge pieces: the kill lands mid-pass
     args = ["--layer", "1", "--steps", "3", *SMALL]
     s = make_store(tmp_path / "g.zarr", n=18000, feat=8, avg_deg=4)
     assert main(["train", str(s.path), *args]) == 0
-    p = start_cli("embed", str(s.path), "--layer", "1", "--max-edges", "2000")
+    p = start_cli("embed", str(s.path), "--layer", "1", "--max-edges", "200",
+                  "--chunk-rows", "4096")
     info = lambda: GraphStore(s.path).has("layers/1/embeddings") and \
         GraphStore(s.path).chunk_written("layers/1/embeddings", 0)
     _wait_for(info, p)

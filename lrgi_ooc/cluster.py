@@ -1,0 +1,218 @@
+"""Running a pass's tasks in-process or on Dask (`--workers N` / `--scheduler ADDRESS`).
+
+A pass is a list of task arguments plus one module-level function; `run_tasks` runs them here
+(client None) or on a cluster, with one progress bar over completed tasks. Tasks take only
+small arguments (paths, chunk ids): what they need from the store is loaded on the worker and
+kept in a per-process cache (`worker_cached`), so weights and memory maps are opened once per
+worker, not shipped with every task. A task owns whole output chunks, so a task that Dask
+re-runs after a worker died simply rewrites its chunks (atomic tmp + rename).
+docs/distributed.md describes setting up a cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import InputError
+
+GPU_RESOURCE = "GPU"
+CONNECT_TIMEOUT = "10s"
+WORKER_WAIT_SECONDS = 20.0
+
+
+# ------------------------------------------------------------------ options
+def add_dask_options(p: argparse.ArgumentParser, gpu: bool = False) -> None:
+    """`--workers N` / `--scheduler ADDRESS` (and `--gpu-task` for stages that train)."""
+    g = p.add_argument_group("Dask (default: run in this process)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="start a local Dask cluster of N worker processes (1 thread each)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="use an existing Dask cluster (e.g. tcp://host:8786); its workers must "
+                        "see the store at the same path")
+    if gpu:
+        g.add_argument("--gpu-task", action="store_true", default=None,
+                       help=f"train as a Dask task on a worker advertising the resource "
+                            f"{GPU_RESOURCE} (`dask worker ... --resources {GPU_RESOURCE}=1`)")
+
+
+def check_options(workers: int | None, scheduler: str | None, source: str = "") -> None:
+    pre = f"{source} " if source else ""
+    if workers is not None and scheduler:
+        raise InputError(f"{pre}--workers / --scheduler: give one, not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise InputError(f"{pre}--workers: must be a positive integer, got {workers!r}")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise InputError(f"{pre}--scheduler: must be an address like tcp://host:8786, "
+                         f"got {scheduler!r}")
+
+
+# ------------------------------------------------------------------ client lifecycle
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None,
+                gpu: bool = False) -> Iterator[Any]:
+    """A connected `distributed.Client`, or None (in-process) when neither option is given.
+
+    `workers`: a LocalCluster of that many processes with one thread each (call this only
+    from code that runs under `if __name__ == "__main__"`, e.g. the CLI). `gpu`: local workers
+    advertise the GPU resource when this machine has CUDA."""
+    check_options(workers, scheduler)
+    if workers is None and not scheduler:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise InputError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+    else:
+        resources = {GPU_RESOURCE: 1} if gpu and _has_cuda() else None
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR,
+                               resources=resources)
+        client = Client(cluster)
+    try:
+        _wait_for_workers(client, scheduler or "the local cluster")
+        link = dashboard_link(client)
+        n = len(client.scheduler_info(n_workers=-1)["workers"])
+        print(f"dask: {n} worker(s) at {client.scheduler.address}"
+              + (f", dashboard {link}" if link else ""))
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def _wait_for_workers(client: Any, where: str) -> None:
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+    except TimeoutError:
+        raise InputError(f"--scheduler {where}: no worker connected within "
+                         f"{WORKER_WAIT_SECONDS:.0f} s") from None
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard's address, or None when the scheduler serves none (e.g. no bokeh)."""
+    info = client.scheduler_info(n_workers=0)
+    if "dashboard" not in info.get("services", {}):
+        return None
+    return client.dashboard_link
+
+
+def require_resource(client: Any, name: str = GPU_RESOURCE, option: str = "--gpu-task") -> None:
+    """Fail at once (exit 2) when no worker advertises `name`: Dask would wait forever."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    if not any(w.get("resources", {}).get(name, 0) >= 1 for w in workers):
+        raise InputError(f"{option}: no worker of the cluster advertises the resource {name} "
+                         f"(start one with `dask worker ADDRESS --resources {name}=1`)")
+
+
+def run_on_resource(client: Any, fn: Callable[..., Any], *args: Any,
+                    name: str = GPU_RESOURCE) -> Any:
+    """Run fn(*args) as one task on a worker holding `name` and return its result."""
+    require_resource(client, name)
+    return client.submit(fn, *args, resources={name: 1}, pure=False).result()
+
+
+# ------------------------------------------------------------------ running a pass
+def run_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple], desc: str,
+              unit: str = "task", weights: Sequence[int] | None = None, total: int | None = None,
+              initial: int = 0) -> list[Any]:
+    """fn(*t) for every t in `tasks`, in-process (client None) or on Dask; results in order.
+
+    One bar over completed tasks (advanced by `weights[i]`, default 1). Dask re-runs the tasks
+    of a worker that died; the first task error cancels the rest and is raised here."""
+    from .progress import bar
+    weights = list(weights) if weights is not None else [1] * len(tasks)
+    total = total if total is not None else initial + sum(weights)
+    results: list[Any] = [None] * len(tasks)
+    with bar(total, desc, unit=unit, initial=initial) as pb:
+        if client is None:
+            for i, t in enumerate(tasks):
+                results[i] = fn(*t)
+                pb.update(weights[i])
+            return results
+        from distributed import as_completed
+        futures = [client.submit(fn, *t, pure=False) for t in tasks]
+        index = {f.key: i for i, f in enumerate(futures)}
+        try:
+            for f in as_completed(futures):
+                i = index[f.key]
+                results[i] = f.result()
+                pb.update(weights[i])
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+    return results
+
+
+# ------------------------------------------------------------------ inside workers
+_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+CACHE_ENTRIES = 2
+_THREADS_SET = False
+
+
+def worker_cached(key: tuple, make: Callable[[], Any], keep: int = CACHE_ENTRIES) -> Any:
+    """make() once per process and key; at most `keep` entries live (oldest dropped)."""
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    value = make()
+    _CACHE[key] = value
+    while len(_CACHE) > keep:
+        _CACHE.popitem(last=False)
+    return value
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def file_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """(inode, mtime_ns): changes when a file or directory is replaced or rewritten."""
+    s = os.stat(path)
+    return s.st_ino, s.st_mtime_ns
+
+
+def worker_threads() -> int | None:
+    """Threads of the Dask worker running this code, or None outside a worker."""
+    try:
+        from distributed import get_worker
+        w = get_worker()
+    except (ImportError, ValueError):
+        return None
+    state = getattr(w, "state", w)
+    return int(getattr(state, "nthreads", None) or getattr(w, "nthreads", 1))
+
+
+def set_torch_threads() -> None:
+    """In a Dask worker, set torch's thread count explicitly: LRGI_OOC_TORCH_THREADS, else 1.
+
+    Each worker thread runs one task at a time, so one torch thread per task keeps
+    `--nthreads` cores busy without oversubscription. (The nanny sets OMP_NUM_THREADS=1, which
+    torch would follow silently.) Outside a worker, torch is left alone."""
+    global _THREADS_SET
+    if _THREADS_SET or worker_threads() is None:
+        return
+    import torch
+    raw = os.environ.get("LRGI_OOC_TORCH_THREADS", "1")
+    try:
+        n = max(1, int(raw))
+    except ValueError:
+        raise InputError(f"LRGI_OOC_TORCH_THREADS: not an integer: '{raw}'") from None
+    torch.set_num_threads(n)
+    _THREADS_SET = True

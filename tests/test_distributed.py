@@ -1,0 +1,235 @@
+"""Dask runs: embed (and preprocess) on a LocalCluster and on a real `dask scheduler` with two
+`dask worker` processes give the in-process results; killed workers and clients are survived."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import cli_env, cli_popen, cli_run
+from graphs import make_store
+from lrgi_ooc.cli import main
+from lrgi_ooc.store import GraphStore
+
+pytest.importorskip("distributed")
+psutil = pytest.importorskip("psutil")
+
+DASK = Path(sys.executable).parent / "dask"
+SMALL = ["--dim", "16", "--heads", "2", "--batch-size", "64", "--fanout", "4,3"]
+N = 40000                      # 10 output chunks of 4096 rows: 10 tasks
+CHUNK = ["--chunk-rows", "4096"]
+EMB = "layers/1/embeddings"
+
+
+# ------------------------------------------------------------------ fixtures
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_worker(address: str, log: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(DASK), "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+         *extra], stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=cli_env(),
+        start_new_session=True)
+
+
+def _wait_workers(address: str, n: int, timeout: float = 120) -> None:
+    from distributed import Client
+    with Client(address, timeout="60s") as c:
+        c.wait_for_workers(n, timeout=timeout)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    logs = tmp_path_factory.mktemp("dask-logs")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    sched = subprocess.Popen(
+        [str(DASK), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+         "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=open(logs / "scheduler.log", "w"),
+        env=cli_env(), start_new_session=True)
+    workers = [_start_worker(address, logs / f"worker{i}.log") for i in range(2)]
+    try:
+        _wait_workers(address, 2)
+        yield address, workers
+    finally:
+        for p in workers + [sched]:
+            _stop(p)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store with layer 1 trained, and its in-process table (chunks of 4096 rows)."""
+    d = tmp_path_factory.mktemp("trained")
+    s = make_store(d / "g.zarr", n=N, feat=8, avg_deg=4)
+    assert main(["train", str(s.path), "--layer", "1", "--steps", "3", *SMALL]) == 0
+    ref = copy_store(s.path, d / "ref.zarr")
+    assert main(["embed", str(ref.path), "--layer", "1", *CHUNK]) == 0
+    assert ref.info(EMB).num_chunks == 10
+    return s.path, np.array(ref.mmap(EMB))
+
+
+def copy_store(src: Path, dst: Path) -> GraphStore:
+    shutil.copytree(src, dst)
+    shutil.copytree(Path(str(src) + ".runs"), Path(str(dst) + ".runs"))
+    return GraphStore(dst)
+
+
+def worker_children(workers: list[subprocess.Popen]) -> list[psutil.Process]:
+    """The worker processes the nannies spawned (the ones that run tasks)."""
+    out = []
+    for w in workers:
+        for c in psutil.Process(w.pid).children(recursive=True):
+            if "spawn_main" in " ".join(c.cmdline()):
+                out.append(c)
+    return out
+
+
+def wait_chunks(store: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while True:
+        s = GraphStore(store)
+        if s.has(EMB) and sum(s.chunk_written(EMB, i) for i in range(10)) >= count:
+            return
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.time() - t0 < timeout, "no chunk written in time"
+        time.sleep(0.02)
+
+
+def start_slow_embed(trained, address: str, tmp_path: Path, chunks: int):
+    """A client process embedding a copy of the store; returns once `chunks` are written.
+    Small edge pieces make each of the 10 tasks slow enough for a kill to land mid-pass."""
+    src, ref = trained
+    s = copy_store(src, tmp_path / "g.zarr")
+    p = cli_popen(["embed", s.path, "--layer", "1", "--scheduler", address, *CHUNK,
+                   "--max-edges", "64"])
+    wait_chunks(s.path, chunks, p)
+    return s, ref, p
+
+
+# ------------------------------------------------------------------ embed
+def test_embed_on_local_cluster_equals_in_process(trained, tmp_path):
+    src, ref = trained
+    s = copy_store(src, tmp_path / "g.zarr")
+    r = cli_run(["embed", s.path, "--layer", "1", "--workers", "2", *CHUNK])
+    assert r.returncode == 0, r.stderr
+    assert "dask: 2 worker(s)" in r.stdout
+    assert s.stage_complete("embed/1")
+    np.testing.assert_allclose(np.asarray(s.mmap(EMB)), ref, rtol=0, atol=1e-6)
+
+
+def test_embed_on_scheduler_equals_in_process_weights_cached_per_worker(trained, scheduler,
+                                                                       tmp_path):
+    from distributed import Client
+    address, _ = scheduler
+    src, ref = trained
+    s = copy_store(src, tmp_path / "g.zarr")
+    r = cli_run(["embed", s.path, "--layer", "1", "--scheduler", address, *CHUNK])
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.asarray(s.mmap(EMB)), ref, rtol=0, atol=1e-6)
+
+    def cached_layers():
+        from lrgi_ooc import cluster
+        import torch
+        return [k[1].layer for k in cluster._CACHE], torch.get_num_threads()
+    with Client(address) as c:
+        seen = c.run(cached_layers)
+    # every worker that ran tasks loaded the layer once (one cache entry), torch on 1 thread
+    assert all(v == ([1], 1) or v == ([], v[1]) for v in seen.values()), seen
+    assert sum(v[0] == [1] for v in seen.values()) >= 1
+
+
+def test_worker_killed_mid_embed_gives_identical_table(trained, scheduler, tmp_path):
+    address, workers = scheduler
+    s, ref, p = start_slow_embed(trained, address, tmp_path, 1)
+    victims = worker_children(workers)
+    assert victims, "no worker process found"
+    victims[0].send_signal(signal.SIGKILL)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert GraphStore(s.path).stage_complete("embed/1")
+    np.testing.assert_allclose(np.asarray(GraphStore(s.path).mmap(EMB)), ref, rtol=0, atol=1e-6)
+    _wait_workers(address, 2)          # the nanny restarted it: later tests see two workers
+
+
+def test_client_killed_then_rerun_resumes_with_missing_chunks(trained, scheduler, tmp_path):
+    address, _ = scheduler
+    s, ref, p = start_slow_embed(trained, address, tmp_path, 2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    s = GraphStore(s.path)
+    assert not s.stage_complete("embed/1")
+    before = {i: os.stat(s.info(EMB).chunk_path(i)).st_ino
+              for i in range(10) if s.chunk_written(EMB, i)}
+    r = cli_run(["embed", s.path, "--layer", "1", "--scheduler", address, *CHUNK])
+    assert r.returncode == 0, r.stderr
+    # the chunks written before the kill were kept, not recomputed
+    assert {i: os.stat(s.info(EMB).chunk_path(i)).st_ino for i in before} == before
+    np.testing.assert_allclose(np.asarray(s.mmap(EMB)), ref, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ train on a GPU worker
+def test_gpu_task_without_gpu_worker_exits_2_then_runs_on_one(trained, scheduler, tmp_path):
+    address, _ = scheduler
+    src, _ = trained
+    s = copy_store(src, tmp_path / "g.zarr")
+    args = ["train", str(s.path), "--layer", "1", "--steps", "3", "--seed", "5", *SMALL]
+    t0 = time.time()
+    r = cli_run([*args, "--scheduler", address, "--gpu-task"])
+    assert r.returncode == 2
+    assert "no worker of the cluster advertises the resource GPU" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 120
+    r = cli_run([*args, "--gpu-task"])
+    assert r.returncode == 2 and "needs a cluster" in r.stderr
+    # a worker that advertises GPU=1 takes the stage (here on its CPU)
+    gpu = _start_worker(address, tmp_path / "gpu-worker.log", "--resources", "GPU=1")
+    try:
+        _wait_workers(address, 3)
+        r = cli_run([*args, "--scheduler", address, "--gpu-task"])
+        assert r.returncode == 0, r.stderr
+    finally:
+        _stop(gpu)
+    import torch
+    got = torch.load(Path(str(s.path) + ".runs") / "train-1" / "layer.pt", weights_only=False)
+    ref = copy_store(src, tmp_path / "ref.zarr")
+    assert main([args[0], str(ref.path), *args[2:]]) == 0
+    want = torch.load(Path(str(ref.path) + ".runs") / "train-1" / "layer.pt",
+                      weights_only=False)
+    for k, v in want["block"].items():
+        torch.testing.assert_close(got["block"][k], v, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ options and config
+def test_dask_options_and_config_table(tmp_path, run_cli):
+    from lrgi_ooc.pipeline import _dask_settings
+    assert _dask_settings({"dask": {"workers": 2}}, "c.toml", None) == {"workers": 2}
+    assert _dask_settings({"dask": {"workers": 2}}, "c.toml",
+                          {"scheduler": "tcp://h:1", "workers": None}) == {"scheduler": "tcp://h:1"}
+    cfg = tmp_path / "c.toml"
+    for table, needle in [("workers = 2\nscheduler = 'tcp://h:1'", "not both"),
+                          ("workers = 0", "--workers"), ("nodes = 3", "nodes")]:
+        cfg.write_text(f"store = '{tmp_path / 'none.zarr'}'\n[dask]\n{table}\n")
+        rc, _, err = run_cli("run", cfg)
+        assert rc == 2 and needle in err, err
+    rc, _, err = run_cli("embed", tmp_path / "x.zarr", "--layer", "1", "--workers", "-1")
+    assert rc == 2 and "--workers" in err
