@@ -163,7 +163,7 @@ def run_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple], desc:
 # ------------------------------------------------------------------ inside workers
 _CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
 CACHE_ENTRIES = 2
-_THREADS_SET = False
+_THREADS_SET: set[str] = set()
 
 
 def worker_cached(key: tuple, make: Callable[[], Any], keep: int = CACHE_ENTRIES) -> Any:
@@ -199,20 +199,31 @@ def worker_threads() -> int | None:
     return int(getattr(state, "nthreads", None) or getattr(w, "nthreads", 1))
 
 
-def set_torch_threads() -> None:
-    """In a Dask worker, set torch's thread count explicitly: LRGI_OOC_TORCH_THREADS, else 1.
+def _threads_per_task() -> int:
+    raw = os.environ.get("LRGI_OOC_TASK_THREADS", "1")
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        raise InputError(f"LRGI_OOC_TASK_THREADS: not an integer: '{raw}'") from None
 
-    Each worker thread runs one task at a time, so one torch thread per task keeps
+
+def set_torch_threads() -> None:
+    """In a Dask worker, set torch's thread count explicitly: LRGI_OOC_TASK_THREADS, else 1.
+
+    Each worker thread runs one task at a time, so one compute thread per task keeps
     `--nthreads` cores busy without oversubscription. (The nanny sets OMP_NUM_THREADS=1, which
     torch would follow silently.) Outside a worker, torch is left alone."""
-    global _THREADS_SET
-    if _THREADS_SET or worker_threads() is None:
+    if "torch" in _THREADS_SET or worker_threads() is None:
         return
     import torch
-    raw = os.environ.get("LRGI_OOC_TORCH_THREADS", "1")
-    try:
-        n = max(1, int(raw))
-    except ValueError:
-        raise InputError(f"LRGI_OOC_TORCH_THREADS: not an integer: '{raw}'") from None
-    torch.set_num_threads(n)
-    _THREADS_SET = True
+    torch.set_num_threads(_threads_per_task())
+    _THREADS_SET.add("torch")
+
+
+def set_numba_threads() -> None:
+    """The same for numba's parallel kernels (which default to one thread per core)."""
+    if "numba" in _THREADS_SET or worker_threads() is None:
+        return
+    import numba
+    numba.set_num_threads(min(_threads_per_task(), numba.config.NUMBA_NUM_THREADS))
+    _THREADS_SET.add("numba")

@@ -437,15 +437,16 @@ class _Build:
         self.id_dt = np.dtype(np.int64)
 
     # ------------------------------------------------------------------ pass 2: ranges
-    def plan(self) -> np.ndarray:
-        """Range boundaries (node ids, block-aligned) whose builds fit the budget."""
+    def plan(self, parts: int = 1) -> np.ndarray:
+        """Range boundaries (node ids, block-aligned) whose builds fit the budget; at least
+        about `parts` ranges (Dask: enough tasks for the workers) when the graph allows."""
         n, bs = self.num_nodes, 1 << self.shift
         nb = -(-n // bs)
         nodes = np.full(nb, bs, np.int64)
         nodes[-1] = n - (nb - 1) * bs
         cost = self.hist[:nb] * self.per_edge + 8 * nodes
         cum = np.concatenate([[0], np.cumsum(cost)])
-        budget = self.budget
+        budget = max(1, min(self.budget, -(-int(cum[-1]) // max(1, parts))))
         starts = [0]
         while starts[-1] < nb:
             b = starts[-1]
@@ -486,7 +487,7 @@ class _Build:
         self.spill.unlink()
         return files
 
-    def _file_pieces(self, path: Path) -> Iterator[np.ndarray]:
+    def _file_pieces(self, path: Path, unlink: bool = True) -> Iterator[np.ndarray]:
         if not path.exists():           # a range no edge points into
             return
         rows = path.stat().st_size // (2 * self.id_dt.itemsize)
@@ -494,7 +495,8 @@ class _Build:
             for start in range(0, rows, _PIECE):
                 k = min(_PIECE, rows - start)
                 yield _read_into(f, self._buf("pairs", (k, 2), self.id_dt))
-        path.unlink()
+        if unlink:
+            path.unlink()
 
     def _held_pieces(self) -> Iterator[np.ndarray]:
         while self.held:

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .store import (MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings_key,
 from .train import embed_stage, load_weights, train_stage
 
 DEFAULT_MAX_EDGES = 1 << 21
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 PROGRESS_FILE = "progress.json"
 
 
@@ -57,6 +59,20 @@ def segment_edges(indptr: np.ndarray, targets: np.ndarray, p0: int, p1: int,
     pos = np.arange(p0, p1, dtype=np.int64)
     tl = np.searchsorted(cum, pos, side="right") - 1
     return tl, pos - cum[tl] + indptr[targets[tl]]
+
+
+def _weighted_sum(rows: np.ndarray, num_rows: int, cols, w, hs):
+    """out[r, h] = sum of w[e, h] * hs[cols[e], h] over the edges e of row r (`rows` sorted),
+    as one sparse CSR product per head: no [edges, H, C] intermediate (4x faster, E*H memory)."""
+    import torch
+    crow = torch.from_numpy(np.searchsorted(rows, np.arange(num_rows + 1)))
+    out = torch.empty((num_rows,) + tuple(hs.shape[1:]), dtype=hs.dtype, device=hs.device)
+    crow, cols = crow.to(hs.device), cols.to(hs.device)
+    for h in range(hs.shape[1]):
+        a = torch.sparse_csr_tensor(crow, cols, w[:, h].contiguous(), (num_rows, hs.shape[0]),
+                                    check_invariants=False)
+        out[:, h] = a @ hs[:, h]
+    return out
 
 
 def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
@@ -106,8 +122,9 @@ def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndar
             scale = torch.exp(m - new_m)
             w = torch.exp(e - new_m[tl_t])
             s = s * scale + torch.zeros_like(s).index_add_(0, tl_t, w)
-            acc = acc * scale[..., None] + torch.zeros_like(acc).index_add_(
-                0, tl_t, w[..., None] * hs[inv_t])
+            acc = acc * scale[..., None]
+            r0, r1 = int(tl[0]), int(tl[-1]) + 1
+            acc[r0:r1] += _weighted_sum(tl - r0, r1 - r0, inv_t, w, hs)
             m = new_m
         out = (acc / s[..., None]).reshape(R, H * C)
         if gat.bias is not None:
@@ -192,8 +209,8 @@ def _context(spec: EmbedSpec) -> dict[str, Any]:
 def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
     """One task: compute and write output chunk i of `key`; returns the edges it read.
 
-    Memory: the block's weights, the memory maps, and one piece of at most `max_edges` edges
-    (about max_edges * (4 F + 16 D + 64) bytes) plus chunk_rows * (F + 3 D) * 4 bytes."""
+    Memory: the block's weights, the memory maps, one piece of at most `max_edges` edges
+    (about max_edges * (4 F + 4 D + 16 H + 48) bytes) and chunk_rows * (4 F + 16 D) bytes."""
     cluster.set_torch_threads()
     ctx = _context(spec)
     graph, targets = ctx[key]

@@ -191,7 +191,7 @@ def _run_stages(doc: dict[str, Any], source: str, out: Path, n: int,
         if done:
             print(f"preprocess: {out} already built from these inputs (skipping)")
         else:
-            rc = cli_main(argv)
+            rc = cli_main(argv) if client is None else _preprocess_on(client, argv)
             if rc != 0:
                 raise SystemExit(rc)
             GraphStore(out).mark_stage(INPUT_STAGE, inp)
@@ -203,6 +203,13 @@ def _run_stages(doc: dict[str, Any], source: str, out: Path, n: int,
         run_train(out, i, cfg, client, gpu_task)
         embed_layer(out, i, max_edges=int(embed_opts.get("max_edges", DEFAULT_MAX_EDGES)),
                     device=str(embed_opts.get("device", cfg.device)), client=client)
+
+
+def _preprocess_on(client: Any, argv: list[str]) -> int:
+    """`preprocess ARGV` on the pipeline's Dask client (one cluster for the whole run)."""
+    from .cli import build_parser
+    from .preprocess import run_preprocess
+    return run_preprocess(build_parser(argv).parse_args(argv), client)
 
 
 def _evaluate(out: Path, n: int, eval_opts: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ingest
+from . import cluster, ingest
 from . import store as st
 from .errors import InputError
 from .memory import parse_size
@@ -47,6 +47,7 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-dtype", default="float32", help="float32 (default) or float16")
     p.add_argument("--memory-limit", default="2GB", help="memory budget (default 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    cluster.add_dask_options(p)
 
 
 add_arguments = add_preprocess_arguments
@@ -173,22 +174,49 @@ def _check_tables(ds: ingest.Dataset) -> None:
 
 
 # --------------------------------------------------------------------------- writers
-def _write_features(store: st.GraphStore, t: ingest.Table, n: int, o: Options) -> None:
+def _feature_block(blk: np.ndarray, dtype: np.dtype, source: str, row0: int) -> np.ndarray:
+    """Rows converted to the store's dtype; a non-finite or overflowing value is an error."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = blk.astype(dtype)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        r, c = (int(v[0]) for v in np.nonzero(bad))
+        how = "is not finite" if not np.isfinite(blk[r, c]) else f"overflows {dtype}"
+        raise InputError(f"{source}: value at row {row0 + r}, column {c} {how}")
+    return out
+
+
+def _features_task(store_path: str, arr: ingest.NpyArray, i: int) -> None:
+    """Dask: chunk i of node/features, read straight from the .npy (C order) and written whole."""
+    store = st.GraphStore(store_path)
+    info = store.info(st.FEATURES)
+    s, e = info.chunk_bounds(i)
+    f = info.shape[1]
+    blk = next(arr.iter_items(s * f, (e - s) * f, max(1, (e - s) * f)), np.zeros(0, arr.dtype))
+    store.write_chunk(st.FEATURES, i, _feature_block(blk.reshape(e - s, f), info.dtype,
+                                                     arr.source, s))
+
+
+def _write_features(store: st.GraphStore, t: ingest.Table, n: int, o: Options,
+                    client: Any = None) -> None:
     f = t.shape[1]
-    store.create_array(st.FEATURES, (n, f), o.feature_dtype)
+    info = store.create_array(st.FEATURES, (n, f), o.feature_dtype)
+    if client is not None and isinstance(t, ingest.NpyTable) and not t.arr.fortran \
+            and t.arr.member is None:
+        path = str(store.path.resolve())
+        t.arr.path = t.arr.path.resolve()
+        cluster.run_tasks(client, _features_task, [(path, t.arr, i)
+                                                   for i in range(info.num_chunks)],
+                          "features", unit="rows",
+                          weights=[int(np.diff(info.chunk_bounds(i))[0])
+                                   for i in range(info.num_chunks)])
+        return
     w = store.stream_writer(st.FEATURES)
     row0 = 0
     with bar(n, "features", "rows") as pb:
         for blk in t.blocks(o.block_rows(f * 8)):
-            blk = np.asarray(blk).reshape(len(blk), f)
-            with np.errstate(over="ignore", invalid="ignore"):
-                out = blk.astype(o.feature_dtype)
-            bad = ~np.isfinite(out)
-            if bad.any():
-                r, c = (int(v[0]) for v in np.nonzero(bad))
-                how = ("is not finite" if not np.isfinite(blk[r, c])
-                       else f"overflows {o.feature_dtype}")
-                raise InputError(f"{t.source}: value at row {row0 + r}, column {c} {how}")
+            out = _feature_block(np.asarray(blk).reshape(len(blk), f), o.feature_dtype,
+                                 t.source, row0)
             w.write(out)
             row0 += len(out)
             pb.update(len(out))
@@ -288,6 +316,14 @@ def _provenance(ds: ingest.Dataset) -> dict[str, Any]:
 
 
 def main_preprocess(a: argparse.Namespace) -> int:
+    cluster.check_options(a.workers, a.scheduler)
+    _options(a)                      # bad options fail before a cluster starts
+    with cluster.dask_client(a.workers, a.scheduler) as client:
+        return run_preprocess(a, client)
+
+
+def run_preprocess(a: argparse.Namespace, client: Any = None) -> int:
+    """The command; with a Dask client, the CSR build and the feature copy run as tasks."""
     o = _options(a)
     out = o.out
     st.clean_stale(out)
@@ -311,13 +347,19 @@ def main_preprocess(a: argparse.Namespace) -> int:
         if ds.labels is not None:
             meta.update(_write_labels(store, ds.labels, n, o))
         _write_splits(store, ds, n, n_splits, o)
-        from .csrbuild import build_csr
-        res = build_csr(store, ds.edges.chunks(n, hint), n, source=ds.edges.source,
-                        undirected=a.undirected, remove_self_loops=not a.keep_self_loops,
-                        remove_duplicates=not a.keep_duplicates, memory_limit=o.memory_limit,
-                        workdir=work)
+        if client is None:
+            from .csrbuild import build_csr as build
+        else:
+            from functools import partial
+
+            from .csrdask import build_csr_dask
+            build = partial(build_csr_dask, client)
+        res = build(store, ds.edges.chunks(n, hint), n, source=ds.edges.source,
+                    undirected=a.undirected, remove_self_loops=not a.keep_self_loops,
+                    remove_duplicates=not a.keep_duplicates, memory_limit=o.memory_limit,
+                    workdir=work)
         if ds.features is not None:
-            _write_features(store, ds.features, n, o)
+            _write_features(store, ds.features, n, o, client)
         meta.update(
             num_nodes=res.num_nodes, num_edges=res.num_edges, num_input_edges=res.num_input_edges,
             symmetrized=bool(a.undirected), remove_self_loops=not a.keep_self_loops,

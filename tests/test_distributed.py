@@ -188,6 +188,54 @@ def test_client_killed_then_rerun_resumes_with_missing_chunks(trained, scheduler
     np.testing.assert_allclose(np.asarray(s.mmap(EMB)), ref, rtol=0, atol=1e-6)
 
 
+# ------------------------------------------------------------------ preprocess
+@pytest.fixture(scope="module")
+def edge_inputs(tmp_path_factory):
+    """Random edges with duplicates and self loops, and float32 features, as .npy files."""
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(3)
+    n, e = 30000, 250000
+    ei = rng.integers(0, n, (2, e))
+    ei[:, :2000] = ei[:, 2000:4000]          # duplicates
+    ei[1, 10:60] = ei[0, 10:60]              # self loops
+    np.save(d / "e.npy", ei)
+    np.save(d / "x.npy", rng.standard_normal((n, 5)).astype(np.float32))
+    return ["--edges", str(d / "e.npy"), "--features", str(d / "x.npy"), "--undirected",
+            "--memory-limit", "1MB"]
+
+
+def _small_chunks(monkeypatch) -> None:
+    # chunks of 4096 rows everywhere: many output chunks (tasks), the grid read by workers
+    import lrgi_ooc.store as st
+    monkeypatch.setattr(st, "TARGET_CHUNK_BYTES", 1)
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    sa, sb = GraphStore(a), GraphStore(b)
+    for key in ("csr/indptr", "csr/indices", "node/features"):
+        ia, ib = sa.info(key), sb.info(key)
+        assert (ia.shape, ia.dtype, ia.chunk_rows) == (ib.shape, ib.dtype, ib.chunk_rows)
+        for i in range(ia.num_chunks):
+            assert ia.chunk_path(i).read_bytes() == ib.chunk_path(i).read_bytes(), (key, i)
+    for k in ("num_edges", "self_loops_removed", "duplicates_removed"):
+        assert sa.meta[k] == sb.meta[k]
+
+
+@pytest.mark.parametrize("where", ["local", "scheduler"])
+def test_preprocess_on_dask_is_byte_identical(where, edge_inputs, tmp_path, monkeypatch,
+                                              request):
+    _small_chunks(monkeypatch)
+    assert main(["preprocess", *edge_inputs, "--out", str(tmp_path / "ref.zarr")]) == 0
+    opts = (["--workers", "2"] if where == "local"
+            else ["--scheduler", request.getfixturevalue("scheduler")[0]])
+    assert main(["preprocess", *edge_inputs, "--out", str(tmp_path / "d.zarr"), *opts]) == 0
+    s = GraphStore(tmp_path / "d.zarr")
+    assert s.info("csr/indices").num_chunks > 50 and s.info("csr/indptr").num_chunks > 5
+    assert s.meta["duplicates_removed"] > 0 and s.meta["self_loops_removed"] > 0
+    assert_same_store(tmp_path / "ref.zarr", tmp_path / "d.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr", "ref.zarr"]   # no scratch
+
+
 # ------------------------------------------------------------------ train on a GPU worker
 def test_gpu_task_without_gpu_worker_exits_2_then_runs_on_one(trained, scheduler, tmp_path):
     address, _ = scheduler

@@ -1,0 +1,138 @@
+"""Benchmark `preprocess` and `embed` in-process, on 1 and on 2 local Dask workers.
+
+    python tools/bench_distributed.py [--work DIR] [--nodes 1000000] [--avg-degree 20]
+                                      [--modes inproc,1,2] [--json out.json]
+
+Steps (each a real CLI run in a fresh subprocess; the commands are printed):
+1. `lrgi-ooc synth` (N nodes, N * D / 2 undirected edges; skipped when DIR/input exists);
+2. `lrgi-ooc preprocess --undirected` once per mode (Dask modes only when `preprocess` has
+   `--workers`); every store must equal the in-process one byte for byte;
+3. `lrgi-ooc train --layer 1 --steps 5 --dim 64 --heads 4` (so that embed has weights);
+4. `lrgi-ooc embed --layer 1` once per mode on the same store (its table and stage record are
+   removed in between); every table must equal the in-process one to 1e-6.
+Wall = the whole command (interpreter, imports, cluster start); pass = the stage's own seconds
+where the store records them. The 1-minute load average before each run is printed: the
+machine is shared, so read ratios, not absolute figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lrgi_ooc.store import FEATURES, INDICES, INDPTR, GraphStore  # noqa: E402
+
+
+def cli(*args: str) -> tuple[float, str]:
+    cmd = [sys.executable, "-m", "lrgi_ooc", *map(str, args)]
+    print("$ lrgi-ooc " + " ".join(map(str, args)), flush=True)
+    env = dict(os.environ, LRGI_OOC_QUIET="1")
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}):\n{r.stderr}")
+    return wall, r.stdout
+
+
+def mode_args(mode: str) -> list[str]:
+    return [] if mode == "inproc" else ["--workers", mode]
+
+
+def same_bytes(a: GraphStore, b: GraphStore, key: str) -> bool:
+    ia, ib = a.info(key), b.info(key)
+    if ia.shape != ib.shape or ia.dtype != ib.dtype:
+        return False
+    for s, blk in a.iter_blocks(key, 1 << 22):
+        if not np.array_equal(blk, b.read_rows(key, s, s + len(blk))):
+            return False
+    return True
+
+
+def has_option(command: str, option: str) -> bool:
+    r = subprocess.run([sys.executable, "-m", "lrgi_ooc", command, "--help"],
+                       capture_output=True, text=True)
+    return option in r.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="bench-distributed", help="work directory")
+    ap.add_argument("--nodes", type=int, default=1_000_000)
+    ap.add_argument("--avg-degree", type=float, default=20.0)
+    ap.add_argument("--modes", default="inproc,1,2", help="inproc and/or worker counts")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args()
+    work = Path(a.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    modes = [m.strip() for m in a.modes.split(",")]
+    inp = work / "input"
+    if not (inp / "synth.json").exists():
+        cli("synth", "--out", inp, "--nodes", a.nodes, "--avg-degree", a.avg_degree,
+            "--feature-dim", 64, "--overwrite")
+    results: list[dict] = []
+
+    # preprocess
+    pre_modes = [m for m in modes if m == "inproc" or has_option("preprocess", "--workers")]
+    stores: dict[str, Path] = {}
+    for m in pre_modes:
+        out = work / f"graph-{m}.zarr"
+        load = os.getloadavg()[0]
+        wall, _ = cli("preprocess", "--edges", inp / "edges", "--features", inp / "features.npy",
+                      "--labels", inp / "labels.npy", "--undirected", "--out", out,
+                      "--overwrite", *mode_args(m))
+        stores[m] = out
+        results.append({"pass": "preprocess", "mode": m, "wall_s": round(wall, 2),
+                        "load1": round(load, 2)})
+    base = GraphStore(stores[pre_modes[0]])
+    for m, p in stores.items():
+        same = all(same_bytes(base, GraphStore(p), k) for k in (INDPTR, INDICES, FEATURES))
+        next(r for r in results if r["pass"] == "preprocess" and r["mode"] == m)["identical"] = same
+    print(f"graph: {base.num_nodes:,} nodes, {base.num_edges:,} stored edges")
+
+    # train, then embed per mode on the same store
+    path = stores[pre_modes[0]]
+    cli("train", path, "--layer", 1, "--steps", 5, "--dim", 64, "--heads", 4)
+    ref = None
+    for m in modes:
+        s = GraphStore(path)
+        s.delete("layers/1/embeddings")
+        s.clear_stage("embed/1")
+        shutil.rmtree(s.run_dir("embed/1"), ignore_errors=True)
+        load = os.getloadavg()[0]
+        wall, _ = cli("embed", path, "--layer", 1, *mode_args(m))
+        s = GraphStore(path)
+        table = np.array(s.mmap("layers/1/embeddings"))
+        ref = table if ref is None else ref
+        results.append({"pass": "embed", "mode": m, "wall_s": round(wall, 2),
+                        "pass_s": s.stage_record("embed/1")["seconds"], "load1": round(load, 2),
+                        "chunks": s.info("layers/1/embeddings").num_chunks,
+                        "max_abs_diff": float(np.abs(table - ref).max())})
+
+    print("\n| pass | mode | wall s | pass s | load avg (1 min) | check |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        check = (f"identical: {r['identical']}" if "identical" in r
+                 else f"max diff {r['max_abs_diff']:.1e}")
+        print(f"| {r['pass']} | {r['mode']} | {r['wall_s']} | {r.get('pass_s', '')} | "
+              f"{r['load1']} | {check} |")
+    for p in ("preprocess", "embed"):
+        t = {r["mode"]: r.get("pass_s") or r["wall_s"] for r in results if r["pass"] == p}
+        if "1" in t and "2" in t:
+            print(f"{p}: 1 -> 2 workers speed-up {t['1'] / t['2']:.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
