@@ -14,7 +14,7 @@ import torch
 
 from graphs import edge_index_of, make_store
 from lrgi_ooc.cli import main
-from lrgi_ooc.store import GraphStore
+from lrgi_ooc.store import GraphStore, embeddings_key, train_embeddings_key
 from lrgi_ooc.train import load_weights
 
 SMALL = ["--dim", "16", "--heads", "2", "--batch-size", "64", "--fanout", "4,3"]
@@ -95,8 +95,8 @@ def test_embed_killed_then_resumed_matches_uninterrupted(tmp_path):
     assert main(["train", str(s.path), *args]) == 0
     p = start_cli("embed", str(s.path), "--layer", "1", "--max-edges", "200",
                   "--chunk-rows", "4096")
-    info = lambda: GraphStore(s.path).has("layers/1/embeddings") and \
-        GraphStore(s.path).chunk_written("layers/1/embeddings", 0)
+    info = lambda: GraphStore(s.path).has(embeddings_key(1)) and \
+        GraphStore(s.path).chunk_written(embeddings_key(1), 0)
     _wait_for(info, p)
     p.send_signal(signal.SIGKILL)
     p.wait()
@@ -135,3 +135,27 @@ def test_errors_exit_2(tmp_path, capsys):
     s.update_meta(format_version=99)
     assert main(["train", str(s.path), "--layer", "1"]) == 2
     assert "format version" in capsys.readouterr().err
+
+
+def test_inductive_layer_trains_on_training_subgraph(tmp_path):
+    s = make_store(tmp_path / "g.zarr", n=400, feat=8)
+    assert main(["layer", str(s.path), "--layer", "1", "--steps", "3", "--inductive", *SMALL]) == 0
+    s = GraphStore(s.path)
+    train = s.splits()[0]["train"]
+    # the induced subgraph keeps exactly the edges between training nodes
+    ei = edge_index_of(s)
+    keep = np.isin(ei[0], train) & np.isin(ei[1], train)
+    from lrgi_ooc.train import graph_for
+    sub_ptr, sub_idx = graph_for(s, True)
+    dst = np.repeat(np.arange(s.num_nodes), np.diff(sub_ptr))
+    np.testing.assert_array_equal(np.stack([np.asarray(sub_idx), dst]), ei[:, keep])
+    # train_embeddings = the block on that subgraph, rows in split/train order
+    block, _ = load_weights(s, 1)
+    x = torch.from_numpy(np.array(s.table(0)))
+    with torch.no_grad():
+        sub = block(x, torch.from_numpy(ei[:, keep])).numpy()
+        full = block(x, torch.from_numpy(ei)).numpy()
+    np.testing.assert_allclose(np.asarray(s.mmap(train_embeddings_key(1))), sub[train],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.table(1)), full, rtol=1e-5, atol=1e-5)
+    assert main(["evaluate", str(s.path), "--layer", "1", "--epochs", "5"]) == 0
