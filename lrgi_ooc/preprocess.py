@@ -62,7 +62,7 @@ class Options:
 
     @property
     def edge_chunk(self) -> int:
-        return int(min(max(self.memory_limit // 64, 1 << 16), 1 << 23))
+        return int(min(max(self.memory_limit // 256, 1 << 16), 1 << 23))  # 2 x int64: limit/16 B
 
     def block_rows(self, row_nbytes: int) -> int:
         return int(max(1, min(1 << 16, self.memory_limit // 8 // max(row_nbytes, 1))))
