@@ -267,6 +267,29 @@ def test_gpu_task_without_gpu_worker_exits_2_then_runs_on_one(trained, scheduler
         torch.testing.assert_close(got["block"][k], v, rtol=1e-4, atol=1e-5)
 
 
+def test_run_config_dask_table_uses_the_cluster(scheduler, tmp_path, run_cli):
+    s = make_store(tmp_path / "g.zarr", n=1500, feat=8)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""store = '{s.path}'
+num_layers = 1
+[train]
+dim = 16
+heads = 2
+batch_size = 64
+fanout = [4, 3]
+steps = 3
+[evaluate]
+epochs = 5
+num_splits = 1
+[dask]
+scheduler = '{scheduler[0]}'
+""")
+    rc, out, err = run_cli("run", cfg)
+    assert rc == 0, err
+    assert "dask: 2 worker(s)" in out
+    assert GraphStore(s.path).stage_complete("embed/1")
+
+
 # ------------------------------------------------------------------ options and config
 def test_dask_options_and_config_table(tmp_path, run_cli):
     from lrgi_ooc.pipeline import _dask_settings
