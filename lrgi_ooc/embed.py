@@ -25,7 +25,6 @@ from .store import (MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings_key,
 from .train import embed_stage, load_weights, train_stage
 
 DEFAULT_MAX_EDGES = 1 << 21
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 PROGRESS_FILE = "progress.json"
 
 
@@ -68,10 +67,12 @@ def _weighted_sum(rows: np.ndarray, num_rows: int, cols, w, hs):
     crow = torch.from_numpy(np.searchsorted(rows, np.arange(num_rows + 1)))
     out = torch.empty((num_rows,) + tuple(hs.shape[1:]), dtype=hs.dtype, device=hs.device)
     crow, cols = crow.to(hs.device), cols.to(hs.device)
-    for h in range(hs.shape[1]):
-        a = torch.sparse_csr_tensor(crow, cols, w[:, h].contiguous(), (num_rows, hs.shape[0]),
-                                    check_invariants=False)
-        out[:, h] = a @ hs[:, h]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        for h in range(hs.shape[1]):
+            a = torch.sparse_csr_tensor(crow, cols, w[:, h].contiguous(),
+                                        (num_rows, hs.shape[0]), check_invariants=False)
+            out[:, h] = a @ hs[:, h]
     return out
 
 

@@ -144,8 +144,7 @@ def test_embed_on_scheduler_equals_in_process_weights_cached_per_worker(trained,
     address, _ = scheduler
     src, ref = trained
     s = copy_store(src, tmp_path / "g.zarr")
-    r = cli_run(["embed", s.path, "--layer", "1", "--scheduler", address, *CHUNK])
-    assert r.returncode == 0, r.stderr
+    assert main(["embed", str(s.path), "--layer", "1", "--scheduler", address, *CHUNK]) == 0
     np.testing.assert_allclose(np.asarray(s.mmap(EMB)), ref, rtol=0, atol=1e-6)
 
     def cached_layers():
@@ -181,8 +180,7 @@ def test_client_killed_then_rerun_resumes_with_missing_chunks(trained, scheduler
     assert not s.stage_complete("embed/1")
     before = {i: os.stat(s.info(EMB).chunk_path(i)).st_ino
               for i in range(10) if s.chunk_written(EMB, i)}
-    r = cli_run(["embed", s.path, "--layer", "1", "--scheduler", address, *CHUNK])
-    assert r.returncode == 0, r.stderr
+    assert main(["embed", str(s.path), "--layer", "1", "--scheduler", address, *CHUNK]) == 0
     # the chunks written before the kill were kept, not recomputed
     assert {i: os.stat(s.info(EMB).chunk_path(i)).st_ino for i in before} == before
     np.testing.assert_allclose(np.asarray(s.mmap(EMB)), ref, rtol=0, atol=1e-6)
