@@ -13,7 +13,6 @@ Afterwards every layer's block is saved as `train/l` weights (the format `train`
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,12 +25,12 @@ from torch import Tensor, nn
 from .config import TrainConfig
 from .errors import InputError
 from .loader import BatchLoader, TensorBatch
-from .model import LRGIBlock, Predictor, lrgi_loss, propagate
+from .model import LRGIBlock, Predictor, propagate
 from .multihop import MultiHopBatch, MultiHopSampler, depth_fanouts
 from .store import GraphStore, config_hash
-from .train import (CHECKPOINT_FILE, METRICS_FILE, WEIGHTS_FILE, _save_atomic, _trim_metrics,
-                    add_train_options, config_from_args, embed_stage, graph_for, input_hash,
-                    lr_lambda, resolve_device, seed_nodes, total_steps, train_stage)
+from .train import (WEIGHTS_FILE, _save_atomic, add_train_options, config_from_args,
+                    embed_stage, fit, graph_for, input_hash, resolve_device, seed_nodes,
+                    total_steps, train_stage)
 
 E2E_STAGE = "train/e2e"
 
@@ -85,17 +84,6 @@ class EndToEndEncoder(nn.Module):
         return h[:tb.num_seeds], v
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, tb: TensorBatch,
-               lambdas: tuple[float, float, float]) -> dict[str, float]:
-    """One optimiser step of the LRGI loss (any model with forward(tb) -> (u, v))."""
-    u, v = model(tb)
-    loss, terms = lrgi_loss(u, v, model.h_phi, model.h_psi, lambdas)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return terms
-
-
 def e2e_fanouts(cfg: TrainConfig, num_layers: int) -> tuple[int, ...]:
     """--fanout k_prop,k_conv -> (k_prop, k_prop x (L-1), k_conv): `[10] * L + [5]`."""
     kp, kc = cfg.fanout
@@ -121,7 +109,6 @@ def layer_config(conf: dict[str, Any], layer: int) -> dict[str, Any]:
 def _fit(store: GraphStore, num_layers: int, cfg: TrainConfig,
          conf: dict[str, Any]) -> tuple[EndToEndEncoder, int]:
     """Train jointly, resumable from checkpoints (as `train`); returns (model, steps)."""
-    from .progress import bar
     table = store.table(0)
     device = resolve_device(cfg.device)
     seeds = seed_nodes(store, cfg.inductive)
@@ -133,50 +120,10 @@ def _fit(store: GraphStore, num_layers: int, cfg: TrainConfig,
         raise InputError(f"{store.path}: fewer than 2 seed nodes to train on")
     steps = total_steps(cfg, per_epoch)
     run = store.run_dir(E2E_STAGE)
-    ckpt_path, metrics_path = run / CHECKPOINT_FILE, run / METRICS_FILE
-    chash = config_hash(conf)
     model = build_e2e_model(int(table.shape[1]), num_layers, cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, cfg.warmup))
-    step = 0
-    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False) \
-        if ckpt_path.exists() else None
-    if ck is not None and ck.get("config_hash") == chash:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
-        sched.load_state_dict(ck["sched"])
-        torch.set_rng_state(ck["torch_rng"])
-        step = int(ck["step"])
-        print(f"train-e2e: resuming from step {step}/{steps}")
-    else:
-        ckpt_path.unlink(missing_ok=True)
-        metrics_path.unlink(missing_ok=True)
-    _trim_metrics(metrics_path, step)
-    model.train()
-    t0 = time.time()
-    pbar = bar(steps, f"train {num_layers} layers end-to-end", unit="step", initial=step)
     loader = MultiHopLoader(sampler, table, seeds, cfg.batch_size, device=device)
-    with open(metrics_path, "a") as mf, loader:
-        while step < steps:
-            epoch, start = divmod(step, per_epoch)
-            for tb in loader.iter_epoch(epoch, start):
-                terms = train_step(model, opt, tb, cfg.lambdas)
-                sched.step()
-                step += 1
-                pbar.update(1)
-                if step % cfg.log_every == 0 or step == steps:
-                    mf.write(json.dumps({"step": step, "epoch": epoch, "rows": tb.x.shape[0],
-                                         **terms, "lr": sched.get_last_lr()[0],
-                                         "seconds": round(time.time() - t0, 3)}) + "\n")
-                    mf.flush()
-                if step % cfg.checkpoint_every == 0 or step == steps:
-                    _save_atomic({"config_hash": chash, "step": step,
-                                  "model": model.state_dict(), "optim": opt.state_dict(),
-                                  "sched": sched.state_dict(),
-                                  "torch_rng": torch.get_rng_state()}, ckpt_path)
-                if step >= steps:
-                    break
-    pbar.close()
+    fit(model, loader, cfg, steps=steps, per_epoch=per_epoch, run=run,
+        chash=config_hash(conf), desc=f"train {num_layers} layers end-to-end")
     return model.eval(), steps
 
 

@@ -29,7 +29,6 @@ INPUT_STAGE = "pipeline/input"
 
 # ------------------------------------------------------------------ layer
 def add_layer_arguments(p: argparse.ArgumentParser) -> None:
-    from .embed import add_embed_options
     from .train import add_train_options
     add_train_options(p)
     p.add_argument("--max-edges", type=int, default=None,

@@ -202,11 +202,81 @@ def load_weights(store: GraphStore, layer: int):
     return block, blob
 
 
-def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[str, Any]:
-    import torch
-    from .loader import BatchLoader
+def train_step(model, opt, tb, lambdas: tuple[float, float, float]) -> dict[str, float]:
+    """One optimiser step of the LRGI loss (any model with forward(tb) -> (u, v))."""
     from .model import lrgi_loss
+    u, v = model(tb)
+    loss, terms = lrgi_loss(u, v, model.h_phi, model.h_psi, lambdas)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return terms
+
+
+def fit(model, loader, cfg: TrainConfig, *, steps: int, per_epoch: int, run: Path,
+        chash: str, desc: str) -> float:
+    """The resumable optimisation loop of layer-wise and end-to-end training.
+
+    Adam with warm-up and cosine decay; a checkpoint (model, optimiser, scheduler, RNG,
+    step) every `checkpoint_every` steps and at the end; metrics as JSON lines. A checkpoint
+    of another configuration (`chash`) is discarded. Returns the seconds spent."""
+    import torch
     from .progress import bar
+    ckpt_path, metrics_path = run / CHECKPOINT_FILE, run / METRICS_FILE
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, cfg.warmup))
+    step = 0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck.get("config_hash") == chash:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optim"])
+            sched.load_state_dict(ck["sched"])
+            torch.set_rng_state(ck["torch_rng"])
+            step = int(ck["step"])
+            print(f"{desc}: resuming from step {step}/{steps}")
+        else:
+            print(f"{desc}: configuration changed; the old checkpoint is discarded")
+            ckpt_path.unlink()
+            metrics_path.unlink(missing_ok=True)
+    else:
+        metrics_path.unlink(missing_ok=True)
+    _trim_metrics(metrics_path, step)
+
+    def checkpoint() -> None:
+        _save_atomic({"config_hash": chash, "step": step, "model": model.state_dict(),
+                      "optim": opt.state_dict(), "sched": sched.state_dict(),
+                      "torch_rng": torch.get_rng_state()}, ckpt_path)
+
+    model.train()
+    t0 = time.time()
+    pbar = bar(steps, desc, unit="step", initial=step)
+    with open(metrics_path, "a") as mf, loader:
+        while step < steps:
+            epoch, start = divmod(step, per_epoch)
+            for tb in loader.iter_epoch(epoch, start):
+                terms = train_step(model, opt, tb, cfg.lambdas)
+                sched.step()
+                step += 1
+                pbar.update(1)
+                pbar.set_postfix({k: f"{terms[k]:.3g}" for k in ("loss", "rec", "var", "cov")},
+                                 refresh=False)
+                if step % cfg.log_every == 0 or step == steps:
+                    mf.write(json.dumps({"step": step, "epoch": epoch, "rows": int(tb.x.shape[0]),
+                                         **terms, "lr": sched.get_last_lr()[0],
+                                         "seconds": round(time.time() - t0, 3)}) + "\n")
+                    mf.flush()
+                if step % cfg.checkpoint_every == 0 or step == steps:
+                    checkpoint()
+                if step >= steps:
+                    break
+    pbar.close()
+    model.eval()
+    return time.time() - t0
+
+
+def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[str, Any]:
+    from .loader import BatchLoader
     from .sampler import OneHopSampler
 
     store = GraphStore(store_path)
@@ -234,67 +304,14 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
         raise InputError(f"{store.path}: fewer than 2 seed nodes to train on")
     steps = total_steps(cfg, per_epoch)
     run = store.run_dir(stage)
-    ckpt_path, metrics_path = run / CHECKPOINT_FILE, run / METRICS_FILE
-    chash = config_hash(conf)
 
     model = build_model(in_dim, cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, cfg.warmup))
-    step = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck.get("config_hash") == chash:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optim"])
-            sched.load_state_dict(ck["sched"])
-            torch.set_rng_state(ck["torch_rng"])
-            step = int(ck["step"])
-            print(f"layer {layer}: resuming from step {step}/{steps}")
-        else:
-            print(f"layer {layer}: configuration changed; the old checkpoint is discarded")
-            ckpt_path.unlink()
-            metrics_path.unlink(missing_ok=True)
-    else:
-        metrics_path.unlink(missing_ok=True)
-    _trim_metrics(metrics_path, step)
-
-    def checkpoint() -> None:
-        _save_atomic({"config_hash": chash, "config": conf, "step": step,
-                      "model": model.state_dict(), "optim": opt.state_dict(),
-                      "sched": sched.state_dict(), "torch_rng": torch.get_rng_state()},
-                     ckpt_path)
-
-    model.train()
-    t0 = time.time()
-    pbar = bar(steps, f"train layer {layer}", unit="step", initial=step)
     loader = BatchLoader(sampler, table, seeds, cfg.batch_size, device=device)
-    with open(metrics_path, "a") as mf, loader:
-        while step < steps:
-            epoch, start = divmod(step, per_epoch)
-            for tb in loader.iter_epoch(epoch, start):
-                u, v = model(tb)
-                loss, terms = lrgi_loss(u, v, model.h_phi, model.h_psi, cfg.lambdas)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                pbar.update(1)
-                pbar.set_postfix({k: f"{terms[k]:.3g}" for k in ("loss", "rec", "var", "cov")},
-                                 refresh=False)
-                if step % cfg.log_every == 0 or step == steps:
-                    mf.write(json.dumps({"step": step, "epoch": epoch, **terms,
-                                         "lr": sched.get_last_lr()[0],
-                                         "seconds": round(time.time() - t0, 3)}) + "\n")
-                    mf.flush()
-                if step % cfg.checkpoint_every == 0 or step == steps:
-                    checkpoint()
-                if step >= steps:
-                    break
-    pbar.close()
+    secs = fit(model, loader, cfg, steps=steps, per_epoch=per_epoch, run=run,
+               chash=config_hash(conf), desc=f"train layer {layer}")
     model.eval()
     _save_atomic({"config": conf, "in_dim": in_dim,
                   "block": {k: v.cpu() for k, v in model.block.state_dict().items()}},
                  run / WEIGHTS_FILE)
-    store.mark_stage(stage, conf, steps=steps, seconds=round(time.time() - t0, 2))
+    store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2))
     return store.stage_record(stage)

@@ -68,7 +68,8 @@ def batch_stats(store, mode: str, L: int, batch_size: int, batches: int, seed: i
 # ------------------------------------------------------------------ worker (subprocess)
 def worker(args: argparse.Namespace) -> None:
     import torch
-    from lrgi_ooc.endtoend import EndToEndEncoder, MultiHopLoader, train_step
+    from lrgi_ooc.endtoend import EndToEndEncoder, MultiHopLoader
+    from lrgi_ooc.train import train_step
     from lrgi_ooc.loader import BatchLoader
     from lrgi_ooc.model import LRGILayer
     from lrgi_ooc.store import GraphStore
