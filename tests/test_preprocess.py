@@ -419,10 +419,11 @@ def _kill_mid_run(args: list, out: Path) -> None:
     """Start preprocess, wait until it is building in its staging directory, kill -9 it."""
     p = cli_popen(["preprocess", *args, "--out", out])
     staging = out.parent / (st.staging_path(out).name.rsplit("-", 1)[0] + f"-{p.pid}")
-    deadline = time.time() + 120
+    deadline = time.monotonic() + 120
     while not staging.exists():
         assert p.poll() is None, p.communicate()
-        assert time.time() < deadline
+        if time.monotonic() > deadline:
+            pytest.fail("no staging directory appeared: preprocess seems stuck")
         time.sleep(0.005)
     time.sleep(0.3)
     assert p.poll() is None, "finished before it could be killed: make the input larger"
