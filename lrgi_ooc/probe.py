@@ -76,7 +76,9 @@ class _Feed:
         self._cache = [self._tensors(x, y) for x, y in rows.blocks(rows.n)] if resident else None
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (x.reshape(len(x), -1).astype(np.float32) - self.mean) / self.std
+        x = x.reshape(len(x), -1).astype(np.float32)      # a fresh copy: standardise in place
+        np.subtract(x, self.mean, out=x)
+        np.divide(x, self.std, out=x)
         yt = torch.from_numpy(np.asarray(y, dtype=np.float32 if self.multilabel else np.int64))
         return torch.from_numpy(x).to(self.device), yt.to(self.device)
 
@@ -324,7 +326,8 @@ def evaluate_store(store: GraphStore, layer: int, *, num_splits: int = 5, seed: 
                              f"{train_table.shape[0]} rows, split train has "
                              f"{len(splits[0]['train'])}")
     num_features = int(np.prod(table.shape[1:]))
-    need = max(sum(len(sp[p]) for p in PARTS) for sp in splits) * num_features * 4
+    # resident float32 rows plus, while one part is loaded, its gathered copy
+    need = max(sum(len(sp[p]) for p in PARTS) for sp in splits) * num_features * 4 * 2
     if stream is None:
         stream = need > memory_limit
     per_split = []
