@@ -164,6 +164,7 @@ def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int
 
 
 def pending_chunks(store: GraphStore, key: str) -> list[int]:
+    store.remove_stale_partials(key)
     info = store.info(key)
     return [i for i in range(info.num_chunks) if not store.chunk_written(key, i)]
 

@@ -314,6 +314,16 @@ class GraphStore:
                 f.truncate(a.chunk_nbytes)
         os.replace(tmp, p)
 
+    def remove_stale_partials(self, key: str) -> int:
+        """Delete temporary chunk files left by writers that were killed (their pid is gone)."""
+        removed = 0
+        for p in (self.path / key).rglob(".*.tmp-*"):
+            pid = p.name.rpartition("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                p.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def chunk_written(self, key: str, i: int) -> bool:
         return self.info(key).chunk_path(i).is_file()
 

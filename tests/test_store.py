@@ -1,0 +1,53 @@
+"""The store layer: stitched memory maps, atomic chunks, publishing and stale leftovers."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import zarr
+
+from lrgi_ooc.store import GraphStore, clean_stale, publish, staging_path
+
+
+def test_stitched_map_equals_zarr_and_missing_chunks_read_zero(tmp_path):
+    s = GraphStore.create(tmp_path / "g.zarr", {"num_nodes": 10_000, "num_edges": 0})
+    x = np.random.default_rng(0).standard_normal((10_000, 3)).astype(np.float16)
+    s.create_array("t", x.shape, x.dtype, chunk_rows=4096)   # 3 chunks, the last one padded
+    w = s.stream_writer("t")
+    w.write(x[:5000])
+    w.write(x[5000:])
+    w.close()
+    np.testing.assert_array_equal(s.mmap("t"), x)
+    np.testing.assert_array_equal(zarr.open_array(str(s.path / "t"))[...], x)
+    os.remove(s.info("t").chunk_path(1))
+    m = np.asarray(s.mmap("t"))
+    assert (m[4096:8192] == 0).all()
+    np.testing.assert_array_equal(m[8192:], x[8192:])
+    np.testing.assert_array_equal(s.read_rows("t", 4000, 4200)[:96], x[4000:4096])
+
+
+def test_stale_partial_chunks_of_dead_writers_are_removed(tmp_path):
+    s = GraphStore.create(tmp_path / "g.zarr", {"num_nodes": 10, "num_edges": 0})
+    s.create_array("t", (10, 2), np.float32)
+    c = s.info("t").chunk_path(0)
+    c.parent.mkdir(parents=True, exist_ok=True)
+    dead = c.with_name(f".{c.name}.tmp-999999999")
+    live = c.with_name(f".{c.name}.tmp-{os.getpid()}")
+    dead.write_bytes(b"x")
+    live.write_bytes(b"x")
+    assert s.remove_stale_partials("t") == 1
+    assert not dead.exists() and live.exists()
+
+
+def test_interrupted_overwrite_swap_restores_the_old_store(tmp_path):
+    out = tmp_path / "g.zarr"
+    GraphStore.create(out, {"num_nodes": 1, "num_edges": 0, "tag": "old"})
+    # a run killed between moving the old store aside and moving the new one in
+    os.rename(out, tmp_path / ".g.zarr.old-999999999")
+    clean_stale(out)
+    assert GraphStore(out).meta["tag"] == "old"
+    new = staging_path(out)
+    GraphStore.create(new, {"num_nodes": 1, "num_edges": 0, "tag": "new"})
+    publish(new, out, overwrite=True)
+    assert GraphStore(out).meta["tag"] == "new"
+    assert not any(p.name.startswith(".g.zarr.") for p in tmp_path.iterdir())
