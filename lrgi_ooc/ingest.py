@@ -17,6 +17,7 @@ import numpy as np
 import numpy.lib.format as npformat
 
 from .errors import InputError
+from .fileio import read_into
 
 EdgeChunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 
@@ -78,14 +79,8 @@ class NpyArray:
             done = 0
             while done < count:
                 n = min(block, count - done)
-                out = np.empty(n, self.dtype)
-                view = memoryview(out.view(np.uint8).reshape(-1))
-                got = 0
-                while got < len(view):
-                    k = f.readinto(view[got:])
-                    if not k:
-                        raise InputError(f"{self.source}: truncated data")
-                    got += k
+                out = read_into(f, np.empty(n, self.dtype), f"{self.source}: truncated data",
+                                InputError)
                 done += n
                 yield out
 
