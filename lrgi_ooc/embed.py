@@ -2,8 +2,11 @@
 
 Work unit = one output chunk of `layers/L/embeddings`, written whole and atomically by one
 writer, so an interrupted run resumes with the chunks not yet on disk and the same function
-runs unchanged as a Dask task. Within a chunk, edges are processed in pieces of at most
-`max_edges` with an online softmax, so a node of any degree fits in bounded memory.
+runs unchanged as a Dask task. Two passes over that chunk grid: phase 1 projects every
+node once ([h | a_src], the per-node half of GAT, into the transient `projection` arrays);
+phase 2 aggregates each chunk's neighbourhoods from the mapped projection with a compiled
+kernel (`gatkernel`), edges in pieces of at most `max_edges` with an online softmax, so a
+node of any degree fits in bounded memory.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import argparse
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ import numpy as np
 
 from . import cluster
 from .errors import InputError
-from .store import (MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings_key,
-                    train_embeddings_key)
+from .store import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings_key,
+                    projection_keys, train_embeddings_key)
 from .train import embed_stage, load_weights, train_stage
 
 DEFAULT_MAX_EDGES = 1 << 21
@@ -51,87 +53,115 @@ def main_embed(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ the computation
+class StoreRows:
+    """Contiguous row ranges of a store array by plain reads (`rows[a:b]`), gathers through
+    the memory map: a streaming pass over a large array then does not grow RSS."""
+
+    def __init__(self, store: GraphStore, key: str):
+        self.store, self.key = store, key
+        self._mm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.store.info(self.key).num_rows
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, slice) and index.step in (None, 1):
+            a, b, _ = index.indices(len(self))
+            return self.store.read_rows(self.key, a, b)
+        if self._mm is None:
+            self._mm = self.store.mmap(self.key)
+        return self._mm[index]
+
+
 def segment_edges(indptr: np.ndarray, targets: np.ndarray, p0: int, p1: int,
-                  cum: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges [p0, p1) of the concatenated in-neighbour lists of `targets`:
-    (local target index, source id)."""
+                  cum: np.ndarray) -> np.ndarray:
+    """Positions in `indices` of edges [p0, p1) of the concatenated in-neighbour lists of
+    `targets` (cum = their running degree sum)."""
     pos = np.arange(p0, p1, dtype=np.int64)
     tl = np.searchsorted(cum, pos, side="right") - 1
-    return tl, pos - cum[tl] + indptr[targets[tl]]
+    return pos - cum[tl] + indptr[targets[tl]]
 
 
-def _weighted_sum(rows: np.ndarray, num_rows: int, cols, w, hs):
-    """out[r, h] = sum of w[e, h] * hs[cols[e], h] over the edges e of row r (`rows` sorted),
-    as one sparse CSR product per head: no [edges, H, C] intermediate (4x faster, E*H memory)."""
+def project_rows(block, x: np.ndarray, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(h, a_src): the projected input [R, H * C] and its source attention logits [R, H],
+    the per-node half of GAT, computed once per node instead of once per edge."""
     import torch
-    crow = torch.from_numpy(np.searchsorted(rows, np.arange(num_rows + 1)))
-    out = torch.empty((num_rows,) + tuple(hs.shape[1:]), dtype=hs.dtype, device=hs.device)
-    crow, cols = crow.to(hs.device), cols.to(hs.device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        for h in range(hs.shape[1]):
-            a = torch.sparse_csr_tensor(crow, cols, w[:, h].contiguous(),
-                                        (num_rows, hs.shape[0]), check_invariants=False)
-            out[:, h] = a @ hs[:, h]
+    from .attention import project
+    gat = block.conv
+    H, C = gat.heads, gat.out_channels
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        h, _ = project(xt, gat.lin.weight)
+        a_src = (h.view(-1, H, C) * gat.att_src).sum(-1)
+        return h.cpu().numpy(), a_src.cpu().numpy()
+
+
+def _contiguous(targets: np.ndarray) -> bool:
+    return len(targets) > 0 and int(targets[-1]) - int(targets[0]) == len(targets) - 1 \
+        and bool(np.all(np.diff(targets) == 1))
+
+
+def aggregate(block, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, indices: Any,
+              targets: np.ndarray, x_targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
+              device: Any = "cpu") -> np.ndarray:
+    """ELU(GATConv(x)[targets] + skip(x_targets)) from the projections (h, a_src) of all nodes.
+
+    Same semantics as PyG GATConv on the whole graph (existing self-loops replaced by one
+    per node). Edges are read `max_edges` at a time and folded into a running softmax, so a
+    node of any degree fits in bounded memory; contiguous targets read their edges as one
+    slice (`indices[a:b]`), others gather them."""
+    import torch
+    from . import gatkernel
+    from .attention import project
+
+    gat = block.conv
+    H, C = gat.heads, gat.out_channels
+    slope = np.float32(gat.negative_slope)
+    h, a_src = (p.view(np.ndarray) if isinstance(p, np.memmap) else p for p in proj)
+    targets = np.asarray(targets, dtype=np.int64)
+    R = len(targets)
+    m = np.empty((R, H), np.float32)
+    s = np.empty((R, H), np.float32)
+    a_dst = np.empty((R, H), np.float32)
+    acc = np.empty((R, H * C), np.float32)
+    att_dst = gat.att_dst.detach().cpu().numpy().reshape(H, C).astype(np.float32)
+    gatkernel.init_state(h, a_src, att_dst, targets, slope, a_dst, m, s, acc)
+    deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
+    cum = np.zeros(R + 1, dtype=np.int64)
+    np.cumsum(deg, out=cum[1:])
+    contiguous = _contiguous(targets)
+    logits = np.empty((min(max_edges, int(cum[-1])), H), np.float32)
+    for q0 in range(0, int(cum[-1]), max_edges):
+        q1 = min(q0 + max_edges, int(cum[-1]))
+        if contiguous:
+            base = int(indptr[targets[0]])
+            src = np.asarray(indices[base + q0:base + q1])
+        else:
+            src = np.asarray(indices[segment_edges(indptr, targets, q0, q1, cum)])
+        r0 = int(np.searchsorted(cum, q0, side="right")) - 1
+        r1 = int(np.searchsorted(cum, q1, side="left"))
+        starts = np.clip(cum[r0:r1] - q0, 0, q1 - q0)
+        ends = np.clip(cum[r0 + 1:r1 + 1] - q0, 0, q1 - q0)
+        gatkernel.accumulate(h, a_src, targets[r0:r1], src, starts, ends, a_dst[r0:r1],
+                             slope, m[r0:r1], s[r0:r1], acc[r0:r1], logits)
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x_targets, dtype=np.float32)).to(device)
+        skip = project(xt, block.skip.weight)[0].cpu().numpy()
+        bias = (gat.bias.detach().cpu().numpy() if gat.bias is not None
+                else np.zeros(H * C, np.float32))
+    out = np.empty_like(acc)
+    gatkernel.finish(s, acc, bias.astype(np.float32), skip, out)
     return out
 
 
 def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
                   targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
                   device: Any = "cpu") -> np.ndarray:
-    """ELU(GATConv(x)[targets] + skip(x[targets])) with full neighbourhoods.
-
-    Same semantics as PyG GATConv on the whole graph (existing self-loops replaced by one
-    per node), computed with a running max / sum so edges can stream in bounded pieces."""
-    import torch
-    import torch.nn.functional as F
-
-    gat = block.conv
-    H, C = gat.heads, gat.out_channels
+    """The block's full-neighbourhood output for `targets` of an in-memory graph."""
     targets = np.asarray(targets, dtype=np.int64)
-    R = len(targets)
-    with torch.no_grad():
-        xt = torch.from_numpy(np.asarray(table[targets], dtype=np.float32)).to(device)
-        ht = gat.lin(xt).view(R, H, C)
-        a_src_t = (ht * gat.att_src).sum(-1)
-        a_dst_t = (ht * gat.att_dst).sum(-1)
-        # self loop first: running max m, sum s, weighted accumulator acc
-        m = F.leaky_relu(a_src_t + a_dst_t, gat.negative_slope)
-        s = torch.ones_like(m)
-        acc = ht.clone()
-        deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
-        cum = np.zeros(R + 1, dtype=np.int64)
-        np.cumsum(deg, out=cum[1:])
-        for p0 in range(0, int(cum[-1]), max_edges):
-            p1 = min(p0 + max_edges, int(cum[-1]))
-            tl, pos = segment_edges(indptr, targets, p0, p1, cum)
-            src = np.asarray(indices[pos], dtype=np.int64)
-            keep = src != targets[tl]
-            tl, src = tl[keep], src[keep]
-            if len(src) == 0:
-                continue
-            uniq, inv = np.unique(src, return_inverse=True)
-            hs = gat.lin(torch.from_numpy(np.asarray(table[uniq], dtype=np.float32))
-                         .to(device)).view(len(uniq), H, C)
-            a_s = (hs * gat.att_src).sum(-1)
-            tl_t = torch.from_numpy(tl).to(device)
-            inv_t = torch.from_numpy(inv).to(device)
-            e = F.leaky_relu(a_s[inv_t] + a_dst_t[tl_t], gat.negative_slope)
-            pm = torch.full_like(m, -torch.inf).scatter_reduce(
-                0, tl_t[:, None].expand(-1, H), e, reduce="amax", include_self=True)
-            new_m = torch.maximum(m, pm)
-            scale = torch.exp(m - new_m)
-            w = torch.exp(e - new_m[tl_t])
-            s = s * scale + torch.zeros_like(s).index_add_(0, tl_t, w)
-            acc = acc * scale[..., None]
-            r0, r1 = int(tl[0]), int(tl[-1]) + 1
-            acc[r0:r1] += _weighted_sum(tl - r0, r1 - r0, inv_t, w, hs)
-            m = new_m
-        out = (acc / s[..., None]).reshape(R, H * C)
-        if gat.bias is not None:
-            out = out + gat.bias
-        out = F.elu(out + block.skip(xt))
-    return out.cpu().numpy()
+    proj = project_rows(block, np.asarray(table), device)
+    return aggregate(block, proj, indptr, indices, targets, np.asarray(table)[targets],
+                     max_edges, device)
 
 
 # ------------------------------------------------------------------ the stage
@@ -144,19 +174,26 @@ def embed_config(store: GraphStore, layer: int) -> dict[str, Any]:
 
 
 def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int,
-                   train_rows: int | None = None, chunk_rows: int | None = None) -> Path:
-    """Create (or keep, when resuming the same configuration) the output arrays:
-    the table, and with `train_rows` the inductive table of the training nodes."""
+                   heads: int, train_rows: int | None = None,
+                   chunk_rows: int | None = None) -> Path:
+    """Create (or keep, when resuming the same configuration) the output arrays: the table,
+    with `train_rows` the inductive table of the training nodes, and the transient projection
+    (on the table's chunk grid, so projection chunk i and output chunk i cover the same rows)."""
     run = store.run_dir(embed_stage(layer))
     prog = run / PROGRESS_FILE
     chash = config_hash(conf)
     resuming = prog.exists() and json.loads(prog.read_text()).get("config_hash") == chash
-    arrays = {embeddings_key(layer): store.num_nodes}
+    keys = [embeddings_key(layer), *projection_keys(layer)]
     if train_rows is not None:
-        arrays[train_embeddings_key(layer)] = train_rows
-    if not (resuming and all(store.has(k) for k in arrays)):
-        for key, rows in arrays.items():
-            store.create_array(key, (rows, dim), np.float32, chunk_rows)
+        keys.append(train_embeddings_key(layer))
+    if not (resuming and all(store.has(k) for k in keys)):
+        info = store.create_array(embeddings_key(layer), (store.num_nodes, dim), np.float32,
+                                  chunk_rows)
+        for key, width in zip(projection_keys(layer), (dim, heads)):
+            store.create_array(key, (store.num_nodes, width), np.float32, info.chunk_rows)
+        if train_rows is not None:
+            store.create_array(train_embeddings_key(layer), (train_rows, dim), np.float32,
+                               chunk_rows)
         tmp = prog.with_name(prog.name + ".tmp")
         tmp.write_text(json.dumps({"config_hash": chash}))
         os.replace(tmp, prog)
@@ -167,17 +204,6 @@ def pending_chunks(store: GraphStore, key: str) -> list[int]:
     store.remove_stale_partials(key)
     info = store.info(key)
     return [i for i in range(info.num_chunks) if not store.chunk_written(key, i)]
-
-
-def embed_chunk(store: GraphStore, layer: int, key: str, i: int, block, graph, table,
-                max_edges: int, device: Any, targets: np.ndarray | None = None) -> int:
-    """Compute and write output chunk i of `key` (rows = node ids, or `targets` rows)."""
-    info = store.info(key)
-    a, b = info.chunk_bounds(i)
-    ids = np.arange(a, b, dtype=np.int64) if targets is None else targets[a:b]
-    out = block_forward(block, table, graph[0], graph[1], ids, max_edges, device)
-    store.write_chunk(key, i, out)
-    return int(graph[0][ids + 1].sum() - graph[0][ids].sum()) if len(ids) else 0
 
 
 @dataclass(frozen=True)
@@ -192,32 +218,71 @@ class EmbedSpec:
 
 
 def _context(spec: EmbedSpec) -> dict[str, Any]:
-    """Block, input table and graph(s) of a layer: loaded once per worker process."""
+    """Block and input table of a layer: loaded once per worker process."""
     def make() -> dict[str, Any]:
-        from .train import graph_for, resolve_device, seed_nodes
+        from .train import resolve_device
         store = GraphStore(spec.store)
         block, _ = load_weights(store, spec.layer)
         dev = resolve_device(spec.device)
-        ctx = {"store": store, "block": block.to(dev), "device": dev,
-               "table": store.table(spec.layer - 1),
-               embeddings_key(spec.layer): ((store.indptr(), store.indices()), None)}
-        if spec.inductive:
-            ctx[train_embeddings_key(spec.layer)] = (graph_for(store, True),
-                                                     seed_nodes(store, True))
-        return ctx
+        return {"store": store, "block": block.to(dev), "device": dev,
+                "table": StoreRows(store, store.table_key(spec.layer - 1))}
     return cluster.worker_cached(("embed", spec), make)
 
 
-def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
-    """One task: compute and write output chunk i of `key`; returns the edges it read.
+def _graphs(spec: EmbedSpec) -> dict[str, Any]:
+    """The projection (mapped only once it is complete) and the CSR each output reads."""
+    def make() -> dict[str, Any]:
+        from .train import graph_for, seed_nodes
+        store = GraphStore(spec.store)
+        g = {"proj": tuple(store.mmap(k) for k in projection_keys(spec.layer)),
+             embeddings_key(spec.layer): (store.indptr(), StoreRows(store, INDICES), None)}
+        if spec.inductive:
+            g[train_embeddings_key(spec.layer)] = (*graph_for(store, True),
+                                                   seed_nodes(store, True))
+        return g
+    store = _context(spec)["store"]
+    stamp = cluster.file_stamp(store.path / projection_keys(spec.layer)[0] / "zarr.json")
+    return cluster.worker_cached(("embed-graphs", spec, stamp), make)
 
-    Memory: the block's weights, the memory maps, one piece of at most `max_edges` edges
-    (about max_edges * (4 F + 4 D + 16 H + 48) bytes) and chunk_rows * (4 F + 16 D) bytes."""
+
+def project_task(spec: EmbedSpec, i: int) -> int:
+    """Phase 1 task: projection chunk i (every node's [h | a_src], once); returns its rows.
+
+    Memory: chunk_rows * (4 F + 8 (H C + H)) bytes beside the weights."""
     cluster.set_torch_threads()
     ctx = _context(spec)
-    graph, targets = ctx[key]
-    return embed_chunk(ctx["store"], spec.layer, key, i, ctx["block"], graph, ctx["table"],
-                       spec.max_edges, ctx["device"], targets)
+    store, keys = ctx["store"], projection_keys(spec.layer)
+    a, b = store.info(keys[0]).chunk_bounds(i)
+    h, a_src = project_rows(ctx["block"], ctx["table"][a:b], ctx["device"])
+    store.write_chunk(keys[1], i, a_src)     # the chunk of keys[0] marks the task done
+    store.write_chunk(keys[0], i, h)
+    return b - a
+
+
+def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
+    """Phase 2 task: compute and write output chunk i of `key`; returns the edges it read.
+
+    Memory: the mapped projection (N (H C + H) 4 bytes, shared by the tasks of a machine
+    through the page cache), one piece of at most `max_edges` edge ids, and
+    chunk_rows * (4 F + 24 D) bytes of per-target state and output."""
+    cluster.set_torch_threads()
+    cluster.set_numba_threads()
+    ctx = _context(spec)
+    g = _graphs(spec)
+    indptr, indices, targets = g[key]
+    store = ctx["store"]
+    a, b = store.info(key).chunk_bounds(i)
+    ids = np.arange(a, b, dtype=np.int64) if targets is None else targets[a:b]
+    x = ctx["table"][a:b] if targets is None else ctx["table"][ids]
+    out = aggregate(ctx["block"], g["proj"], indptr, indices, ids, x, spec.max_edges,
+                    ctx["device"])
+    store.write_chunk(key, i, out)
+    return int(indptr[ids + 1].sum() - indptr[ids].sum()) if len(ids) else 0
+
+
+def _drop_projection(store: GraphStore, layer: int) -> None:
+    for key in projection_keys(layer):
+        store.delete(key)
 
 
 def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
@@ -225,16 +290,18 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
                 chunk_rows: int | None = None) -> dict[str, Any]:
     """Write layer L's table; chunk tasks run in-process (client None) or on a Dask client.
 
-    One task per output chunk: `chunk_rows` (a multiple of 4096, used when the table is
-    created) sets the task size; by default the store picks about 32 MB chunks.
-    The task plan is the output arrays' chunk grid minus the chunks already on disk, so a run
-    killed at any point (client or worker) resumes with the chunks not yet written."""
+    Two passes over the output chunk grid: project every node once (phase 1), then aggregate
+    each node's neighbourhood from the projection (phase 2). `chunk_rows` (a multiple of
+    4096, used when the table is created) sets the task size; by default the store picks
+    about 32 MB chunks. The task plan is the chunk grid minus the chunks already on disk, so
+    a run killed at any point (client or worker) resumes with the chunks not yet written."""
     from .train import WEIGHTS_FILE, seed_nodes
 
     store = GraphStore(Path(store_path).resolve())
     stage = embed_stage(layer)
     conf = embed_config(store, layer)
     if store.stage_complete(stage, conf):
+        _drop_projection(store, layer)
         print(f"layer {layer}: embeddings already written with this configuration (skipping)")
         return store.stage_record(stage)
     if max_edges <= 0:
@@ -245,24 +312,32 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     if width != blob["in_dim"]:
         raise InputError(f"{store.path}: layer {layer} was trained on width {blob['in_dim']} "
                          f"but its input table has width {width}")
-    dim = int(blob["config"]["dim"])
+    dim, heads = int(blob["config"]["dim"]), int(blob["config"]["heads"])
     inductive = bool(blob["config"].get("inductive"))
     keys = [embeddings_key(layer)] + ([train_embeddings_key(layer)] if inductive else [])
     train_rows = len(seed_nodes(store, True)) if inductive else None
     if chunk_rows is not None and (chunk_rows <= 0 or chunk_rows % MIN_CHUNK_ROWS):
         raise InputError(f"--chunk-rows: must be a positive multiple of {MIN_CHUNK_ROWS}, "
                          f"got {chunk_rows}")
-    prepare_output(store, layer, conf, dim, train_rows, chunk_rows)
+    prepare_output(store, layer, conf, dim, heads, train_rows, chunk_rows)
     weights = store.run_dir(train_stage(layer)) / WEIGHTS_FILE
     spec = EmbedSpec(str(store.path), int(layer), int(max_edges), str(device), inductive,
                      (cluster.file_stamp(store.path), cluster.file_stamp(weights)))
     t0 = time.time()
+    todo = {key: pending_chunks(store, key) for key in keys}
+    if any(todo.values()):
+        pkey = projection_keys(layer)[0]
+        info = store.info(pkey)
+        chunks = pending_chunks(store, pkey)
+        rows = [int(np.diff(info.chunk_bounds(i))[0]) for i in chunks]
+        cluster.run_tasks(client, project_task, [(spec, i) for i in chunks],
+                          f"project layer {layer}", unit="node", weights=rows,
+                          total=info.num_rows, initial=info.num_rows - sum(rows))
     edges = 0
     for key in keys:
         info = store.info(key)
-        todo = pending_chunks(store, key)
-        rows = [int(np.diff(info.chunk_bounds(i))[0]) for i in todo]
-        done = cluster.run_tasks(client, embed_task, [(spec, key, i) for i in todo],
+        rows = [int(np.diff(info.chunk_bounds(i))[0]) for i in todo[key]]
+        done = cluster.run_tasks(client, embed_task, [(spec, key, i) for i in todo[key]],
                                  f"embed layer {layer}", unit="node", weights=rows,
                                  total=info.num_rows, initial=info.num_rows - sum(rows))
         edges += sum(done)
@@ -270,4 +345,5 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
         cluster.clear_cache()
     secs = time.time() - t0
     store.mark_stage(stage, conf, seconds=round(secs, 2), edges=int(edges))
+    _drop_projection(store, layer)
     return store.stage_record(stage)

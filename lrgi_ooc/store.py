@@ -48,6 +48,12 @@ def train_embeddings_key(layer: int) -> str:
     return f"layers/{int(layer)}/train_embeddings"
 
 
+def projection_keys(layer: int) -> tuple[str, str]:
+    """Transient, while `embed` runs: every node's projected input [N, D] and source attention
+    logits [N, heads] (the per-node half of the GAT layer); deleted when the stage completes."""
+    return f"layers/{int(layer)}/projection", f"layers/{int(layer)}/source_logits"
+
+
 def split_key(part: str, index: int | None = None) -> str:
     return f"split/{part}" if index is None else f"split/{int(index)}/{part}"
 

@@ -151,7 +151,7 @@ def test_embed_on_scheduler_equals_in_process_weights_cached_per_worker(trained,
     def cached_layers():
         from lrgi_ooc import cluster
         import torch
-        return [k[1].layer for k in cluster._CACHE], torch.get_num_threads()
+        return [k[1].layer for k in cluster._CACHE if k[0] == "embed"], torch.get_num_threads()
     with Client(address) as c:
         seen = c.run(cached_layers)
     # every worker that ran tasks loaded the layer once (one cache entry), torch on 1 thread
