@@ -1,9 +1,11 @@
 """`preprocess` on Dask: csrbuild's passes as tasks, each owning its files and output chunks.
 
-The client only reads the input (a sequential stream); everything else runs on workers, with
-the same numba kernels as the in-process build (`csrbuild`), so the CSR is byte-identical:
-1. spill: one task per input segment (at most SEGMENT_EDGES edges, shipped by the client):
-   copy the pairs to `seg{j}` in the work dir, count in-edges per id block, count self loops;
+Everything runs on workers, with the same numba kernels as the in-process build (`csrbuild`),
+so the CSR is byte-identical:
+1. spill: one task per input part (Parquet row groups or an .npy item range, read by the
+   worker itself from the shared filesystem; inputs that can only be streamed, such as CSV,
+   are read by the client and shipped in segments of SEGMENT_EDGES edges): copy the pairs to
+   `seg{j}` in the work dir, count in-edges per id block, count self loops;
 2. route: one task per segment: split its pairs into one file per destination range
    (`r{k}-s{j}`; ranges planned from the summed histogram, at least 4 per worker);
 3. build: one task per range: counting sort, row sort and dedup (`_Build._range`) into
@@ -81,6 +83,24 @@ def _spill_task(spec: _Spec, j: int, s: np.ndarray, d: np.ndarray) -> tuple[np.n
     loops = _scan(s, d, pairs, b.hist, b.shift, b.und, b.drop)
     _write_atomic(spec.file(f"seg{j}"), pairs)
     return b.hist, int(loops), len(s)
+
+
+def _spill_part_task(spec: _Spec, j: int, part: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+                     ) -> tuple[np.ndarray, int, int]:
+    """Pass 1 on one input part, read here: (histogram, self loops, edges)."""
+    cluster.set_numba_threads()
+    b = spec.build()
+    loops = edges = 0
+    path = spec.file(f"seg{j}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        for s, d in part():
+            pairs = np.empty((len(s), 2), b.id_dt)
+            loops += int(_scan(s, d, pairs, b.hist, b.shift, b.und, b.drop))
+            edges += len(s)
+            f.write(memoryview(pairs.reshape(-1)))
+    os.replace(tmp, path)
+    return b.hist, loops, edges
 
 
 def _route_task(spec: _Spec, j: int, bounds: np.ndarray) -> None:
@@ -169,11 +189,14 @@ def build_csr_dask(client: Any, store: st.GraphStore,
                    chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
                    num_nodes: int, *, source: str, undirected: bool = False,
                    remove_self_loops: bool = True, remove_duplicates: bool = True,
-                   memory_limit: int = 2 << 30, workdir: Path) -> CSRResult:
+                   memory_limit: int = 2 << 30, workdir: Path,
+                   parts: list[Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]] | None = None
+                   ) -> CSRResult:
     """`csrbuild.build_csr` on a Dask cluster: the same arrays, byte for byte.
 
-    `chunks()` must yield validated int64 ids (`EdgeInput.chunks(n)`); `workdir` and the
-    store must be on a filesystem every worker sees."""
+    `chunks()` must yield validated int64 ids (`EdgeInput.chunks(n)`); `parts`, when given,
+    are the same stream cut into pieces the workers read themselves (`EdgeInput.parts(n)`).
+    `workdir`, the store and the inputs must be on a filesystem every worker sees."""
     _return_freed_memory()
     workdir = Path(workdir).resolve()
     b = _Build(store, num_nodes, source, undirected, remove_self_loops, remove_duplicates,
@@ -182,7 +205,7 @@ def build_csr_dask(client: Any, store: st.GraphStore,
                  int(memory_limit))
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     try:
-        segments = _spill(client, spec, b, chunks, 2 * workers)
+        segments = _spill(client, spec, b, chunks, 2 * workers, parts)
         bounds = b.plan(TASKS_PER_WORKER * workers)
         cluster.run_tasks(client, _route_task, [(spec, j, bounds) for j in range(segments)],
                           "split edges by range", unit="task")
@@ -212,9 +235,10 @@ def build_csr_dask(client: Any, store: st.GraphStore,
 
 def _spill(client: Any, spec: _Spec, b: _Build,
            chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]],
-           in_flight: int) -> int:
-    """Pass 1: ship segments to spill tasks (at most `in_flight` at once: bounded memory),
-    summing their histograms into `b`. Returns the number of segments."""
+           in_flight: int, parts: list | None = None) -> int:
+    """Pass 1: spill tasks over the input's parts, or, for a stream, over segments the client
+    ships (at most `in_flight` at once: bounded memory); their histograms are summed into `b`.
+    Returns the number of segments."""
     from distributed import as_completed
     ac = as_completed()
     j = 0
@@ -225,6 +249,16 @@ def _spill(client: Any, spec: _Spec, b: _Build,
         b.loops += loops
         b.m += m
         pb.update(m)
+    if parts is not None:
+        for hist, loops, m in cluster.run_tasks(client, _spill_part_task,
+                                                [(spec, j, p) for j, p in enumerate(parts)],
+                                                "validate edges", unit="part"):
+            b.hist += hist
+            b.loops += loops
+            b.m += m
+        if b.m == 0:
+            raise InputError(f"{spec.source}: the edge list is empty")
+        return len(parts)
     with bar(None, "validate edges", unit="edges") as pb:
         for s, d in chunks():
             if len(s) != len(d):

@@ -272,10 +272,12 @@ def _parquet_schema(f: Path, source: str):
     return _parquet_meta(f, source).schema.to_arrow_schema()
 
 
-def _iter_batches(f: Path, columns: list[str], rows: int, source: str):
+def _iter_batches(f: Path, columns: list[str], rows: int, source: str,
+                  row_groups: tuple[int, ...] | None = None):
     import pyarrow.parquet as pq
     try:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=max(1, rows), columns=columns)
+        yield from pq.ParquetFile(f).iter_batches(batch_size=max(1, rows), columns=columns,
+                                                  row_groups=row_groups)
     except InputError:
         raise
     except Exception as e:
@@ -313,13 +315,18 @@ class EdgeInput:
     num_edges: int | None = None
     max_id_hint: int | None = None   # from Parquet statistics, when every row group has them
     files: list[Path] = field(default_factory=list)
+    # independent pieces of the same stream (row groups, item ranges), in order, that a task
+    # can read on its own: lets Dask workers read the input in parallel; None = stream only
+    raw_parts: list[EdgeChunks] | None = None
 
     def chunks(self, num_nodes: int | None, hint: str = "") -> EdgeChunks:
-        def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for s, d in self.raw_chunks():
-                yield (check_ids(s, self.source, num_nodes, hint),
-                       check_ids(d, self.source, num_nodes, hint))
-        return gen
+        return _Checked(self.raw_chunks, self.source, num_nodes, hint)
+
+    def parts(self, num_nodes: int | None, hint: str = "") -> list[EdgeChunks] | None:
+        """The stream as independently readable, validated parts (picklable), or None."""
+        if self.raw_parts is None:
+            return None
+        return [_Checked(p, self.source, num_nodes, hint) for p in self.raw_parts]
 
     def max_id(self) -> int:
         """Largest node id: from statistics when present, else one validating read pass."""
@@ -338,6 +345,60 @@ class EdgeInput:
         return hi
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A raw (src, dst) stream with every id validated (a class, not a closure: picklable)."""
+    raw: EdgeChunks
+    source: str
+    num_nodes: int | None
+    hint: str
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s, d in self.raw():
+            yield (check_ids(s, self.source, self.num_nodes, self.hint),
+                   check_ids(d, self.source, self.num_nodes, self.hint))
+
+
+@dataclass(frozen=True)
+class _NpyPart:
+    """Edges [start, start + count) of an .npy edge array."""
+    arr: NpyArray
+    num_edges: int
+    rows_first: bool
+    start: int
+    count: int
+    chunk: int
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        a, e, n = self.arr, self.num_edges, self.count
+        if self.rows_first:
+            yield from zip(a.iter_items(self.start, n, self.chunk),
+                           a.iter_items(e + self.start, n, self.chunk))
+        else:
+            for blk in a.iter_items(2 * self.start, 2 * n, 2 * self.chunk):
+                pairs = blk.reshape(-1, 2)
+                yield pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+@dataclass(frozen=True)
+class _ParquetPart:
+    """Row groups of one Parquet file."""
+    file: Path
+    row_groups: tuple[int, ...]
+    columns: tuple[str, str]
+    chunk: int
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        src, dst = self.columns
+        for b in _iter_batches(self.file, list(self.columns), self.chunk, str(self.file),
+                               self.row_groups):
+            yield (_column_numpy(b.column(0), src, str(self.file)),
+                   _column_numpy(b.column(1), dst, str(self.file)))
+
+
+PART_EDGES = 1 << 23     # about 8 M edges per part: enough tasks, little per-task overhead
+
+
 def npy_edges(arr: NpyArray, chunk: int) -> EdgeInput:
     """[2, E] or [E, 2] integer array; Fortran order handled by reading the storage layout."""
     if len(arr.shape) != 2 or 2 not in arr.shape:
@@ -349,14 +410,10 @@ def npy_edges(arr: NpyArray, chunk: int) -> EdgeInput:
     e = arr.shape[1] if two_by_e else arr.shape[0]
     rows_first = two_by_e != arr.fortran    # storage is [2, E]: all sources, then all dests
 
-    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if rows_first:
-            yield from zip(arr.iter_items(0, e, chunk), arr.iter_items(e, e, chunk))
-        else:
-            for blk in arr.iter_items(0, 2 * e, 2 * chunk):
-                pairs = blk.reshape(-1, 2)
-                yield pairs[:, 0].copy(), pairs[:, 1].copy()
-    return EdgeInput(arr.source, gen, num_edges=e, files=[arr.path])
+    parts = [_NpyPart(arr, e, rows_first, a, min(PART_EDGES, e - a), chunk)
+             for a in range(0, e, PART_EDGES)]
+    return EdgeInput(arr.source, _NpyPart(arr, e, rows_first, 0, e, chunk), num_edges=e,
+                     files=[arr.path], raw_parts=parts)
 
 
 def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
@@ -364,8 +421,17 @@ def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
     source = str(path)
     files = parquet_files(path, source)
     rows, hi, stats_ok = 0, -1, True
+    parts: list[EdgeChunks] = []
     for f in files:
         meta = _parquet_meta(f, source)
+        groups: list[int] = []
+        for g in range(meta.num_row_groups):       # row groups into parts of ~PART_EDGES
+            groups.append(g)
+            if sum(meta.row_group(i).num_rows for i in groups) >= PART_EDGES:
+                parts.append(_ParquetPart(f, tuple(groups), (src, dst), chunk))
+                groups = []
+        if groups:
+            parts.append(_ParquetPart(f, tuple(groups), (src, dst), chunk))
         schema = meta.schema.to_arrow_schema()
         for col in (src, dst):
             if col not in schema.names:
@@ -395,7 +461,8 @@ def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
                 yield (_column_numpy(b.column(0), src, source),
                        _column_numpy(b.column(1), dst, source))
     return EdgeInput(source, gen, num_edges=rows,
-                     max_id_hint=hi if stats_ok and rows else None, files=files)
+                     max_id_hint=hi if stats_ok and rows else None, files=files,
+                     raw_parts=parts)
 
 
 def csv_edges(path: Path, src: str, dst: str) -> EdgeInput:

@@ -353,7 +353,7 @@ def run_preprocess(a: argparse.Namespace, client: Any = None) -> int:
             from functools import partial
 
             from .csrdask import build_csr_dask
-            build = partial(build_csr_dask, client)
+            build = partial(build_csr_dask, client, parts=ds.edges.parts(n, hint))
         res = build(store, ds.edges.chunks(n, hint), n, source=ds.edges.source,
                     undirected=a.undirected, remove_self_loops=not a.keep_self_loops,
                     remove_duplicates=not a.keep_duplicates, memory_limit=o.memory_limit,

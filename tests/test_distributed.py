@@ -198,9 +198,14 @@ def edge_inputs(tmp_path_factory):
     ei[:, :2000] = ei[:, 2000:4000]          # duplicates
     ei[1, 10:60] = ei[0, 10:60]              # self loops
     np.save(d / "e.npy", ei)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"src": ei[0], "dst": ei[1]}), d / "e.parquet",
+                   row_group_size=20000)
+    np.savetxt(d / "e.csv", ei.T, fmt="%d", delimiter=",", header="src,dst", comments="")
     np.save(d / "x.npy", rng.standard_normal((n, 5)).astype(np.float32))
-    return ["--edges", str(d / "e.npy"), "--features", str(d / "x.npy"), "--undirected",
-            "--memory-limit", "1MB"]
+    return {fmt: ["--edges", str(d / f"e.{fmt}"), "--features", str(d / "x.npy"),
+                  "--undirected", "--memory-limit", "1MB"] for fmt in ("npy", "parquet", "csv")}
 
 
 def _small_chunks(monkeypatch) -> None:
@@ -220,10 +225,19 @@ def assert_same_store(a: Path, b: Path) -> None:
         assert sa.meta[k] == sb.meta[k]
 
 
-@pytest.mark.parametrize("where", ["local", "scheduler"])
-def test_preprocess_on_dask_is_byte_identical(where, edge_inputs, tmp_path, monkeypatch,
+@pytest.mark.parametrize("where,fmt", [("local", "npy"), ("local", "parquet"),
+                                       ("local", "csv"), ("scheduler", "npy")])
+def test_preprocess_on_dask_is_byte_identical(where, fmt, edge_inputs, tmp_path, monkeypatch,
                                               request):
+    # npy and parquet are read by the workers in parts (several here: 60000 edges per part,
+    # parquet row groups of 20000); csv is streamed by the client in segments
+    import lrgi_ooc.ingest as ingest
     _small_chunks(monkeypatch)
+    monkeypatch.setattr(ingest, "PART_EDGES", 60000)
+    edge_inputs = edge_inputs[fmt]
+    if fmt != "csv":
+        from lrgi_ooc.ingest import open_edges
+        assert len(open_edges(edge_inputs[1]).parts(None)) == 5
     assert main(["preprocess", *edge_inputs, "--out", str(tmp_path / "ref.zarr")]) == 0
     opts = (["--workers", "2"] if where == "local"
             else ["--scheduler", request.getfixturevalue("scheduler")[0]])
