@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import cluster, ingest
+from . import cluster, datasets, ingest
 from . import store as st
 from .errors import InputError
 from .memory import parse_size
@@ -91,12 +91,12 @@ def _options(a: argparse.Namespace) -> Options:
     return Options(Path(a.out), np.dtype(a.feature_dtype), parse_size(a.memory_limit), n)
 
 
-def _open(a: argparse.Namespace, o: Options) -> ingest.Dataset:
+def _open(a: argparse.Namespace, o: Options) -> datasets.Dataset:
     if a.npz:
-        return ingest.open_npz(a.npz, o.edge_chunk)
+        return datasets.open_npz(a.npz, o.edge_chunk)
     if a.ogb:
-        return ingest.open_ogb(a.ogb, a.ogb_root, o.edge_chunk)
-    ds = ingest.Dataset(edges=ingest.open_edges(a.edges, a.src_col, a.dst_col, o.edge_chunk))
+        return datasets.open_ogb(a.ogb, a.ogb_root, o.edge_chunk)
+    ds = datasets.Dataset(edges=ingest.open_edges(a.edges, a.src_col, a.dst_col, o.edge_chunk))
     ds.files = list(ds.edges.files)
     if a.features:
         ds.features = ingest.open_features(a.features)
@@ -133,7 +133,7 @@ def _num_splits(splits: dict[str, ingest.Table], n: int | None) -> int:
     return counts["train"]
 
 
-def _resolve_nodes(ds: ingest.Dataset, o: Options) -> tuple[int, str]:
+def _resolve_nodes(ds: datasets.Dataset, o: Options) -> tuple[int, str]:
     """N, and where it came from; every table's row count must agree with it."""
     cands: list[tuple[int, str, str]] = []          # (count, why, who must agree)
     if o.num_nodes is not None:
@@ -159,7 +159,7 @@ def _resolve_nodes(ds: ingest.Dataset, o: Options) -> tuple[int, str]:
     return n, why
 
 
-def _check_tables(ds: ingest.Dataset) -> None:
+def _check_tables(ds: datasets.Dataset) -> None:
     f = ds.features
     if f is not None:
         if len(f.shape) != 2 or f.shape[1] == 0:
@@ -283,7 +283,7 @@ def _split_masks(t: ingest.Table, k: int, n: int, o: Options):
     return lambda: iter([(0, mask)])
 
 
-def _write_splits(store: st.GraphStore, ds: ingest.Dataset, n: int, s: int, o: Options) -> None:
+def _write_splits(store: st.GraphStore, ds: datasets.Dataset, n: int, s: int, o: Options) -> None:
     for k in range(s):
         for part in st.SPLIT_PARTS:
             masks = _split_masks(ds.splits[part], k, n, o)
@@ -305,7 +305,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _provenance(ds: ingest.Dataset) -> dict[str, Any]:
+def _provenance(ds: datasets.Dataset) -> dict[str, Any]:
     def size(p: Path) -> int:
         if p.is_dir():
             return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

@@ -9,7 +9,7 @@ import torch
 
 from graphs import edge_index_of, make_store
 from lrgi_ooc.config import TrainConfig
-from lrgi_ooc.endtoend import EndToEndEncoder, MultiHopLoader, train_e2e
+from lrgi_ooc.endtoend import EndToEndEncoder, MultiHopLoader
 from lrgi_ooc.loader import BatchLoader
 from lrgi_ooc.model import LRGILayer, lrgi_loss
 from lrgi_ooc.multihop import MultiHopSampler, depth_fanouts

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from lrgi_ooc import ingest
+from lrgi_ooc import datasets, ingest
 from lrgi_ooc.errors import InputError
 
 
@@ -203,8 +203,8 @@ def test_fortran_split_mask_rows(tmp_path):
 
 def test_npz_dataset_keys(tmp_path):
     np.savez(tmp_path / "d.npz", edge_index=np.array([[0, 1], [1, 0]]), y=np.array([0, 1]))
-    ds = ingest.open_npz(tmp_path / "d.npz")
+    ds = datasets.open_npz(tmp_path / "d.npz")
     assert ds.features is None and ds.labels.shape == (2,) and not ds.splits
     np.savez(tmp_path / "n.npz", x=np.zeros((2, 2)))
     with pytest.raises(InputError, match="no 'edge_index' array"):
-        ingest.open_npz(tmp_path / "n.npz")
+        datasets.open_npz(tmp_path / "n.npz")
