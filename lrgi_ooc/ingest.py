@@ -292,12 +292,14 @@ def _column_numpy(col, name: str, source: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- edges
 def check_ids(a: np.ndarray, source: str, num_nodes: int | None, hint: str = "") -> np.ndarray:
-    """Node ids as int64, or a one-line InputError naming the first bad id."""
+    """Node ids as a signed integer array (int32 stays int32: no copy of the hot stream), or
+    a one-line InputError naming the first bad id."""
     if a.dtype.kind not in "iu":
         raise InputError(f"{source}: node ids must be integers, got {a.dtype}")
     if a.dtype == np.uint64 and len(a) and a.max() > np.iinfo(np.int64).max:
         raise InputError(f"{source}: node id {int(a.max())} is too large")
-    a = a.astype(np.int64, copy=False)
+    if not (a.dtype.kind == "i" and a.dtype.itemsize >= 4):
+        a = a.astype(np.int64)
     if len(a):
         lo, hi = int(a.min()), int(a.max())
         if lo < 0:
