@@ -26,7 +26,7 @@ class TrainConfig:
     dim: int = 512
     heads: int = 4
     fanout: tuple[int, int] = (10, 5)
-    batch_size: int = 512
+    batch_size: int = 256
     epochs: typing.Optional[int] = None
     steps: typing.Optional[int] = None
     lr: float = 1e-3
