@@ -13,7 +13,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.utils import softmax
 
 SPARSE_DENSITY = 0.05   # below this fraction of non-zeros, project through a sparse matmul
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -43,6 +42,7 @@ def project(x: Tensor, weight: Tensor, rows: int | None = None) -> tuple[Tensor,
 def block_output(conv, skip_weight: Tensor, x: Tensor, edge_index: Tensor,
                  num_targets: int) -> Tensor:
     """ELU(GATConv((x, x[:t]), edge_index) + x[:t] @ skip_weight.T) for local rows 0..t-1."""
+    from torch_geometric.utils import softmax     # here: `project` alone must not import PyG
     t = int(num_targets)
     H, C = conv.heads, conv.out_channels
     h, head = project(x, conv.lin.weight, rows=t)

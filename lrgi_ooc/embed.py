@@ -24,7 +24,7 @@ from . import cluster
 from .errors import InputError
 from .store import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings_key,
                     projection_keys, train_embeddings_key)
-from .train import embed_stage, load_weights, train_stage
+from .train import embed_stage, load_blob, train_stage
 
 DEFAULT_MAX_EDGES = 1 << 21
 PROGRESS_FILE = "progress.json"
@@ -82,17 +82,53 @@ def segment_edges(indptr: np.ndarray, targets: np.ndarray, p0: int, p1: int,
     return pos - cum[tl] + indptr[targets[tl]]
 
 
-def project_rows(block, x: np.ndarray, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class GATWeights:
+    """A trained block's parameters as plain tensors: all that `embed` needs, without
+    building the module (which imports torch_geometric, seconds per process and worker)."""
+    lin: Any                 # [H * C, F]
+    att_src: Any             # [H, C]
+    att_dst: Any             # [H, C]
+    bias: Any                # [H * C]
+    skip: Any                # [H * C, F]
+    heads: int
+    negative_slope: float = 0.2
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], heads: int) -> "GATWeights":
+        """From an `LRGIBlock` state dict (keys of PyG's GATConv: conv.lin.weight, ...)."""
+        import torch
+        att_src = state["conv.att_src"].detach().float()
+        bias = state.get("conv.bias")
+        return cls(state["conv.lin.weight"].detach().float(),
+                   att_src.reshape(heads, -1), state["conv.att_dst"].detach().float()
+                   .reshape(heads, -1),
+                   bias.detach().float() if bias is not None
+                   else torch.zeros(att_src.numel()), state["skip.weight"].detach().float(),
+                   int(heads))
+
+    @classmethod
+    def from_block(cls, block) -> "GATWeights":
+        w = cls.from_state(block.state_dict(), block.conv.heads)
+        return GATWeights(w.lin, w.att_src, w.att_dst, w.bias, w.skip, w.heads,
+                          float(block.conv.negative_slope))
+
+    def to(self, device: Any) -> "GATWeights":
+        return GATWeights(*(t.to(device) for t in (self.lin, self.att_src, self.att_dst,
+                                                   self.bias, self.skip)),
+                          self.heads, self.negative_slope)
+
+
+def project_rows(w: GATWeights, x: np.ndarray, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(h, a_src): the projected input [R, H * C] and its source attention logits [R, H],
     the per-node half of GAT, computed once per node instead of once per edge."""
     import torch
     from .attention import project
-    gat = block.conv
-    H, C = gat.heads, gat.out_channels
+    H, C = w.att_src.shape
     with torch.no_grad():
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-        h, _ = project(xt, gat.lin.weight)
-        a_src = (h.view(-1, H, C) * gat.att_src).sum(-1)
+        h, _ = project(xt, w.lin)
+        a_src = (h.view(-1, H, C) * w.att_src).sum(-1)
         return h.cpu().numpy(), a_src.cpu().numpy()
 
 
@@ -101,7 +137,7 @@ def _contiguous(targets: np.ndarray) -> bool:
         and bool(np.all(np.diff(targets) == 1))
 
 
-def aggregate(block, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, indices: Any,
+def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, indices: Any,
               targets: np.ndarray, x_targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
               device: Any = "cpu") -> np.ndarray:
     """ELU(GATConv(x)[targets] + skip(x_targets)) from the projections (h, a_src) of all nodes.
@@ -114,9 +150,8 @@ def aggregate(block, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, in
     from . import gatkernel
     from .attention import project
 
-    gat = block.conv
-    H, C = gat.heads, gat.out_channels
-    slope = np.float32(gat.negative_slope)
+    H, C = w.att_src.shape
+    slope = np.float32(w.negative_slope)
     h, a_src = (p.view(np.ndarray) if isinstance(p, np.memmap) else p for p in proj)
     targets = np.asarray(targets, dtype=np.int64)
     R = len(targets)
@@ -124,7 +159,7 @@ def aggregate(block, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, in
     s = np.empty((R, H), np.float32)
     a_dst = np.empty((R, H), np.float32)
     acc = np.empty((R, H * C), np.float32)
-    att_dst = gat.att_dst.detach().cpu().numpy().reshape(H, C).astype(np.float32)
+    att_dst = np.ascontiguousarray(w.att_dst.cpu().numpy(), dtype=np.float32)
     gatkernel.init_state(h, a_src, att_dst, targets, slope, a_dst, m, s, acc)
     deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
     cum = np.zeros(R + 1, dtype=np.int64)
@@ -146,11 +181,10 @@ def aggregate(block, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, in
                              slope, m[r0:r1], s[r0:r1], acc[r0:r1], logits)
     with torch.no_grad():
         xt = torch.from_numpy(np.ascontiguousarray(x_targets, dtype=np.float32)).to(device)
-        skip = project(xt, block.skip.weight)[0].cpu().numpy()
-        bias = (gat.bias.detach().cpu().numpy() if gat.bias is not None
-                else np.zeros(H * C, np.float32))
+        skip = project(xt, w.skip)[0].cpu().numpy()
     out = np.empty_like(acc)
-    gatkernel.finish(s, acc, bias.astype(np.float32), skip, out)
+    gatkernel.finish(s, acc, np.ascontiguousarray(w.bias.cpu().numpy(), dtype=np.float32),
+                     skip, out)
     return out
 
 
@@ -158,9 +192,10 @@ def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndar
                   targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
                   device: Any = "cpu") -> np.ndarray:
     """The block's full-neighbourhood output for `targets` of an in-memory graph."""
+    w = GATWeights.from_block(block).to(device)
     targets = np.asarray(targets, dtype=np.int64)
-    proj = project_rows(block, np.asarray(table), device)
-    return aggregate(block, proj, indptr, indices, targets, np.asarray(table)[targets],
+    proj = project_rows(w, np.asarray(table), device)
+    return aggregate(w, proj, indptr, indices, targets, np.asarray(table)[targets],
                      max_edges, device)
 
 
@@ -222,9 +257,10 @@ def _context(spec: EmbedSpec) -> dict[str, Any]:
     def make() -> dict[str, Any]:
         from .train import resolve_device
         store = GraphStore(spec.store)
-        block, _ = load_weights(store, spec.layer)
+        blob = load_blob(store, spec.layer)
         dev = resolve_device(spec.device)
-        return {"store": store, "block": block.to(dev), "device": dev,
+        w = GATWeights.from_state(blob["block"], int(blob["config"]["heads"])).to(dev)
+        return {"store": store, "weights": w, "device": dev,
                 "table": StoreRows(store, store.table_key(spec.layer - 1))}
     return cluster.worker_cached(("embed", spec), make)
 
@@ -253,7 +289,7 @@ def project_task(spec: EmbedSpec, i: int) -> int:
     ctx = _context(spec)
     store, keys = ctx["store"], projection_keys(spec.layer)
     a, b = store.info(keys[0]).chunk_bounds(i)
-    h, a_src = project_rows(ctx["block"], ctx["table"][a:b], ctx["device"])
+    h, a_src = project_rows(ctx["weights"], ctx["table"][a:b], ctx["device"])
     store.write_chunk(keys[1], i, a_src)     # the chunk of keys[0] marks the task done
     store.write_chunk(keys[0], i, h)
     return b - a
@@ -274,7 +310,7 @@ def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
     a, b = store.info(key).chunk_bounds(i)
     ids = np.arange(a, b, dtype=np.int64) if targets is None else targets[a:b]
     x = ctx["table"][a:b] if targets is None else ctx["table"][ids]
-    out = aggregate(ctx["block"], g["proj"], indptr, indices, ids, x, spec.max_edges,
+    out = aggregate(ctx["weights"], g["proj"], indptr, indices, ids, x, spec.max_edges,
                     ctx["device"])
     store.write_chunk(key, i, out)
     return int(indptr[ids + 1].sum() - indptr[ids].sum()) if len(ids) else 0
@@ -307,7 +343,7 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     if max_edges <= 0:
         raise InputError(f"--max-edges: must be positive, got {max_edges}")
     store.clear_stage(stage)
-    _, blob = load_weights(store, layer)
+    blob = load_blob(store, layer)
     width = store.info(store.table_key(layer - 1)).shape[1]
     if width != blob["in_dim"]:
         raise InputError(f"{store.path}: layer {layer} was trained on width {blob['in_dim']} "

@@ -186,14 +186,19 @@ def build_model(in_dim: int, cfg: TrainConfig):
     return LRGILayer(in_dim, cfg.dim, heads=cfg.heads, hid=cfg.hid)
 
 
-def load_weights(store: GraphStore, layer: int):
-    """The trained block of layer L (predictors dropped) and its config."""
+def load_blob(store: GraphStore, layer: int) -> dict[str, Any]:
+    """Layer L's saved weights: {"block": state dict, "config", "in_dim"} (torch only, no PyG)."""
     import torch
     path = store.run_dir(train_stage(layer)) / WEIGHTS_FILE
     if not store.stage_complete(train_stage(layer)) or not path.exists():
         raise InputError(f"{store.path}: layer {layer} is not trained; run "
                          f"`lrgi-ooc train {store.path} --layer {layer}` first")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_weights(store: GraphStore, layer: int):
+    """The trained block of layer L (predictors dropped) and its config."""
+    blob = load_blob(store, layer)
     from .model import LRGIBlock
     c = blob["config"]
     block = LRGIBlock(blob["in_dim"], c["dim"], heads=c["heads"])

@@ -72,14 +72,14 @@ def _wait_for(path_fn, proc, timeout=240.0):
 
 
 def test_train_killed_then_resumed_matches_uninterrupted(tmp_path):
-    args = ["--layer", "1", "--steps", "40", "--checkpoint-every", "5", *SMALL]
+    # enough steps that the kill, right after the first checkpoint, lands mid-training
+    args = ["--layer", "1", "--steps", "400", "--checkpoint-every", "5", *SMALL]
     ref = make_store(tmp_path / "ref.zarr", n=600, feat=8)
     assert run_cli("layer", str(ref.path), *args).returncode == 0
     s = make_store(tmp_path / "g.zarr", n=600, feat=8)
     ckpt = Path(str(s.path) + ".runs") / "train-1" / "checkpoint.pt"
     p = start_cli("train", str(s.path), *args)
     _wait_for(ckpt.exists, p)
-    time.sleep(0.3)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not GraphStore(s.path).stage_complete("train/1")
