@@ -326,8 +326,9 @@ def evaluate_store(store: GraphStore, layer: int, *, num_splits: int = 5, seed: 
                              f"{train_table.shape[0]} rows, split train has "
                              f"{len(splits[0]['train'])}")
     num_features = int(np.prod(table.shape[1:]))
-    # resident float32 rows plus, while one part is loaded, its gathered copy
-    need = max(sum(len(sp[p]) for p in PARTS) for sp in splits) * num_features * 4 * 2
+    # resident float32 rows of train and val plus, while one part is loaded, its gathered
+    # copy; test is scored once, after training, so it always streams (same counts)
+    need = max(len(sp["train"]) + len(sp["val"]) for sp in splits) * num_features * 4 * 2
     if stream is None:
         stream = need > memory_limit
     per_split = []
@@ -337,7 +338,8 @@ def evaluate_store(store: GraphStore, layer: int, *, num_splits: int = 5, seed: 
                     else _Rows(table, sp[p], labels[sp[p]]) for p in PARTS]
             mean, std = _moments(rows[0])
             feeds = [_Feed(r, mean, std, multilabel=multilabel, device=dev,
-                           batch_rows=batch_rows, resident=not stream) for r in rows]
+                           batch_rows=batch_rows, resident=not stream and p != "test")
+                     for r, p in zip(rows, PARTS)]
             r = _fit(*feeds, num_features=num_features, num_classes=num_classes,
                      multilabel=multilabel, epochs=epochs, lr=lr, seed=_split_seed(seed, k),
                      device=dev, progress=pb)
