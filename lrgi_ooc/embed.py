@@ -336,7 +336,7 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     store = GraphStore(Path(store_path).resolve())
     stage = embed_stage(layer)
     conf = embed_config(store, layer)
-    if store.stage_complete(stage, conf):
+    if store.stage_complete(stage, conf) and store.has(embeddings_key(layer)):
         _drop_projection(store, layer)
         print(f"layer {layer}: embeddings already written with this configuration (skipping)")
         return store.stage_record(stage)

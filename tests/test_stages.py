@@ -89,6 +89,16 @@ def test_train_killed_then_resumed_matches_uninterrupted(tmp_path):
                                   np.asarray(GraphStore(ref.path).table(1)))
 
 
+def test_embed_recomputes_a_table_deleted_after_completion(tmp_path):
+    # the stage record alone must not make `embed` skip when its table is gone
+    s = make_store(tmp_path / "g.zarr", n=300, feat=8)
+    assert main(["layer", str(s.path), "--layer", "1", "--steps", "2", *SMALL]) == 0
+    ref = np.array(GraphStore(s.path).table(1))
+    GraphStore(s.path).delete(embeddings_key(1))
+    assert main(["embed", str(s.path), "--layer", "1"]) == 0
+    np.testing.assert_array_equal(np.asarray(GraphStore(s.path).table(1)), ref)
+
+
 def test_embed_killed_then_resumed_matches_uninterrupted(tmp_path):
     # 5 output chunks of 4096 rows, small edge pieces: the kill lands mid-pass
     args = ["--layer", "1", "--steps", "3", *SMALL]
