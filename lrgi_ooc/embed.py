@@ -11,6 +11,7 @@ node of any degree fits in bounded memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -109,9 +110,8 @@ class GATWeights:
 
     @classmethod
     def from_block(cls, block) -> "GATWeights":
-        w = cls.from_state(block.state_dict(), block.conv.heads)
-        return GATWeights(w.lin, w.att_src, w.att_dst, w.bias, w.skip, w.heads,
-                          float(block.conv.negative_slope))
+        return dataclasses.replace(cls.from_state(block.state_dict(), block.conv.heads),
+                                   negative_slope=float(block.conv.negative_slope))
 
     def to(self, device: Any) -> "GATWeights":
         return GATWeights(*(t.to(device) for t in (self.lin, self.att_src, self.att_dst,
