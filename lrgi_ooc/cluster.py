@@ -227,3 +227,14 @@ def set_numba_threads() -> None:
     import numba
     numba.set_num_threads(min(_threads_per_task(), numba.config.NUMBA_NUM_THREADS))
     _THREADS_SET.add("numba")
+
+
+def set_arrow_threads() -> None:
+    """The same for pyarrow's decoding pool (one thread per core by default): a 1-thread
+    worker that decodes Parquet on every core would oversubscribe its neighbours."""
+    if "arrow" in _THREADS_SET or worker_threads() is None:
+        return
+    import pyarrow
+    pyarrow.set_cpu_count(_threads_per_task())
+    pyarrow.set_io_thread_count(max(_threads_per_task(), 1))
+    _THREADS_SET.add("arrow")
