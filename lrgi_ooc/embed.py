@@ -11,7 +11,6 @@ node of any degree fits in bounded memory.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -22,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from . import cluster
+from .blockweights import BLOCK_FILE, GATWeights, matmul_t, resolve_device
 from .errors import InputError
 from .store import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings_key,
                     projection_keys, train_embeddings_key)
-from .train import embed_stage, load_blob, train_stage
+from .train import embed_stage, load_block, train_stage
 
 DEFAULT_MAX_EDGES = 1 << 21
 PROGRESS_FILE = "progress.json"
@@ -83,53 +83,14 @@ def segment_edges(indptr: np.ndarray, targets: np.ndarray, p0: int, p1: int,
     return pos - cum[tl] + indptr[targets[tl]]
 
 
-@dataclass(frozen=True)
-class GATWeights:
-    """A trained block's parameters as plain tensors: all that `embed` needs, without
-    building the module (which imports torch_geometric, seconds per process and worker)."""
-    lin: Any                 # [H * C, F]
-    att_src: Any             # [H, C]
-    att_dst: Any             # [H, C]
-    bias: Any                # [H * C]
-    skip: Any                # [H * C, F]
-    heads: int
-    negative_slope: float = 0.2
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], heads: int) -> "GATWeights":
-        """From an `LRGIBlock` state dict (keys of PyG's GATConv: conv.lin.weight, ...)."""
-        import torch
-        att_src = state["conv.att_src"].detach().float()
-        bias = state.get("conv.bias")
-        return cls(state["conv.lin.weight"].detach().float(),
-                   att_src.reshape(heads, -1), state["conv.att_dst"].detach().float()
-                   .reshape(heads, -1),
-                   bias.detach().float() if bias is not None
-                   else torch.zeros(att_src.numel()), state["skip.weight"].detach().float(),
-                   int(heads))
-
-    @classmethod
-    def from_block(cls, block) -> "GATWeights":
-        return dataclasses.replace(cls.from_state(block.state_dict(), block.conv.heads),
-                                   negative_slope=float(block.conv.negative_slope))
-
-    def to(self, device: Any) -> "GATWeights":
-        return GATWeights(*(t.to(device) for t in (self.lin, self.att_src, self.att_dst,
-                                                   self.bias, self.skip)),
-                          self.heads, self.negative_slope)
-
-
-def project_rows(w: GATWeights, x: np.ndarray, device: Any = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def project_rows(w: GATWeights, x: np.ndarray, device: str = "cpu"
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(h, a_src): the projected input [R, H * C] and its source attention logits [R, H],
     the per-node half of GAT, computed once per node instead of once per edge."""
-    import torch
-    from .attention import project
     H, C = w.att_src.shape
-    with torch.no_grad():
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
-        h, _ = project(xt, w.lin)
-        a_src = (h.view(-1, H, C) * w.att_src).sum(-1)
-        return h.cpu().numpy(), a_src.cpu().numpy()
+    h = matmul_t(x, w.lin, device)
+    a_src = np.einsum("rhc,hc->rh", h.reshape(-1, H, C), w.att_src)
+    return h, np.ascontiguousarray(a_src, dtype=np.float32)
 
 
 def _contiguous(targets: np.ndarray) -> bool:
@@ -139,16 +100,14 @@ def _contiguous(targets: np.ndarray) -> bool:
 
 def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, indices: Any,
               targets: np.ndarray, x_targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
-              device: Any = "cpu") -> np.ndarray:
+              device: str = "cpu") -> np.ndarray:
     """ELU(GATConv(x)[targets] + skip(x_targets)) from the projections (h, a_src) of all nodes.
 
     Same semantics as PyG GATConv on the whole graph (existing self-loops replaced by one
     per node). Edges are read `max_edges` at a time and folded into a running softmax, so a
     node of any degree fits in bounded memory; contiguous targets read their edges as one
     slice (`indices[a:b]`), others gather them."""
-    import torch
     from . import gatkernel
-    from .attention import project
 
     H, C = w.att_src.shape
     slope = np.float32(w.negative_slope)
@@ -159,7 +118,7 @@ def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.nda
     s = np.empty((R, H), np.float32)
     a_dst = np.empty((R, H), np.float32)
     acc = np.empty((R, H * C), np.float32)
-    att_dst = np.ascontiguousarray(w.att_dst.cpu().numpy(), dtype=np.float32)
+    att_dst = w.att_dst
     gatkernel.init_state(h, a_src, att_dst, targets, slope, a_dst, m, s, acc)
     deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
     cum = np.zeros(R + 1, dtype=np.int64)
@@ -179,20 +138,17 @@ def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.nda
         ends = np.clip(cum[r0 + 1:r1 + 1] - q0, 0, q1 - q0)
         gatkernel.accumulate(h, a_src, targets[r0:r1], src, starts, ends, a_dst[r0:r1],
                              slope, m[r0:r1], s[r0:r1], acc[r0:r1], logits)
-    with torch.no_grad():
-        xt = torch.from_numpy(np.ascontiguousarray(x_targets, dtype=np.float32)).to(device)
-        skip = project(xt, w.skip)[0].cpu().numpy()
+    skip = matmul_t(x_targets, w.skip, device)
     out = np.empty_like(acc)
-    gatkernel.finish(s, acc, np.ascontiguousarray(w.bias.cpu().numpy(), dtype=np.float32),
-                     skip, out)
+    gatkernel.finish(s, acc, w.bias, skip, out)
     return out
 
 
 def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
                   targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
-                  device: Any = "cpu") -> np.ndarray:
+                  device: str = "cpu") -> np.ndarray:
     """The block's full-neighbourhood output for `targets` of an in-memory graph."""
-    w = GATWeights.from_block(block).to(device)
+    w = GATWeights.from_block(block)
     targets = np.asarray(targets, dtype=np.int64)
     proj = project_rows(w, np.asarray(table), device)
     return aggregate(w, proj, indptr, indices, targets, np.asarray(table)[targets],
@@ -255,12 +211,9 @@ class EmbedSpec:
 def _context(spec: EmbedSpec) -> dict[str, Any]:
     """Block and input table of a layer: loaded once per worker process."""
     def make() -> dict[str, Any]:
-        from .train import resolve_device
         store = GraphStore(spec.store)
-        blob = load_blob(store, spec.layer)
-        dev = resolve_device(spec.device)
-        w = GATWeights.from_state(blob["block"], int(blob["config"]["heads"])).to(dev)
-        return {"store": store, "weights": w, "device": dev,
+        return {"store": store, "weights": load_block(store, spec.layer)[0],
+                "device": resolve_device(spec.device),
                 "table": StoreRows(store, store.table_key(spec.layer - 1))}
     return cluster.worker_cached(("embed", spec), make)
 
@@ -343,20 +296,21 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     if max_edges <= 0:
         raise InputError(f"--max-edges: must be positive, got {max_edges}")
     store.clear_stage(stage)
-    blob = load_blob(store, layer)
+    meta = load_block(store, layer)[1]
     width = store.info(store.table_key(layer - 1)).shape[1]
-    if width != blob["in_dim"]:
-        raise InputError(f"{store.path}: layer {layer} was trained on width {blob['in_dim']} "
+    if width != meta["in_dim"]:
+        raise InputError(f"{store.path}: layer {layer} was trained on width {meta['in_dim']} "
                          f"but its input table has width {width}")
-    dim, heads = int(blob["config"]["dim"]), int(blob["config"]["heads"])
-    inductive = bool(blob["config"].get("inductive"))
+    dim, heads, inductive = meta["dim"], meta["heads"], bool(meta["inductive"])
     keys = [embeddings_key(layer)] + ([train_embeddings_key(layer)] if inductive else [])
     train_rows = len(seed_nodes(store, True)) if inductive else None
     if chunk_rows is not None and (chunk_rows <= 0 or chunk_rows % MIN_CHUNK_ROWS):
         raise InputError(f"--chunk-rows: must be a positive multiple of {MIN_CHUNK_ROWS}, "
                          f"got {chunk_rows}")
     prepare_output(store, layer, conf, dim, heads, train_rows, chunk_rows)
-    weights = store.run_dir(train_stage(layer)) / WEIGHTS_FILE
+    weights = store.run_dir(train_stage(layer)) / BLOCK_FILE
+    if not weights.exists():                 # trained before block.npz existed
+        weights = store.run_dir(train_stage(layer)) / WEIGHTS_FILE
     spec = EmbedSpec(str(store.path), int(layer), int(max_edges), str(device), inductive,
                      (cluster.file_stamp(store.path), cluster.file_stamp(weights)))
     t0 = time.time()

@@ -28,9 +28,9 @@ from .loader import BatchLoader, TensorBatch
 from .model import LRGIBlock, Predictor, propagate
 from .multihop import MultiHopBatch, MultiHopSampler, depth_fanouts
 from .store import GraphStore, config_hash
-from .train import (WEIGHTS_FILE, _save_atomic, add_train_options, config_from_args,
-                    embed_stage, fit, graph_for, input_hash, resolve_device, seed_nodes,
-                    total_steps, train_stage)
+from .train import (add_train_options, config_from_args, embed_stage, fit, graph_for,
+                    input_hash, resolve_device, save_layer, seed_nodes, total_steps,
+                    train_stage)
 
 E2E_STAGE = "train/e2e"
 
@@ -156,9 +156,8 @@ def train_e2e(store_path: str | Path, num_layers: int, cfg: TrainConfig,
         in_dim = int(store.info(store.table_key(0)).shape[1])
         for l, block in zip(layers, model.blocks):
             lconf = layer_config(conf, l)
-            _save_atomic({"config": lconf, "in_dim": in_dim if l == 1 else cfg.dim,
-                          "block": {k: v.cpu() for k, v in block.state_dict().items()}},
-                         store.run_dir(train_stage(l)) / WEIGHTS_FILE)
+            save_layer(store.run_dir(train_stage(l)), lconf, in_dim if l == 1 else cfg.dim,
+                       block)
             store.mark_stage(train_stage(l), lconf, steps=steps)
         store.mark_stage(E2E_STAGE, conf, steps=steps, seconds=round(time.time() - t0, 2))
     for l in layers:

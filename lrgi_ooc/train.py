@@ -196,6 +196,32 @@ def load_blob(store: GraphStore, layer: int) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def save_layer(run: Path, conf: dict[str, Any], in_dim: int, block: Any) -> None:
+    """The frozen block: its torch checkpoint and the numpy arrays `embed` reads."""
+    from .blockweights import BLOCK_FILE, GATWeights
+    _save_atomic({"config": conf, "in_dim": in_dim,
+                  "block": {k: v.cpu() for k, v in block.state_dict().items()}},
+                 run / WEIGHTS_FILE)
+    GATWeights.from_block(block).save(run / BLOCK_FILE, in_dim=int(in_dim),
+                                      dim=int(conf["dim"]),
+                                      inductive=bool(conf.get("inductive")))
+
+
+def load_block(store: GraphStore, layer: int) -> tuple[Any, dict[str, int]]:
+    """Layer L's block as numpy arrays (`GATWeights`) and {in_dim, dim, heads, inductive},
+    without torch; a store trained before block.npz existed is read from its checkpoint."""
+    from .blockweights import BLOCK_FILE, GATWeights
+    path = store.run_dir(train_stage(layer)) / BLOCK_FILE
+    if store.stage_complete(train_stage(layer)) and path.exists():
+        w, meta = GATWeights.load(path)
+        return w, {**meta, "heads": w.heads}
+    blob = load_blob(store, layer)
+    c = blob["config"]
+    return (GATWeights.from_state(blob["block"], int(c["heads"])),
+            {"in_dim": int(blob["in_dim"]), "dim": int(c["dim"]), "heads": int(c["heads"]),
+             "inductive": int(bool(c.get("inductive")))})
+
+
 def load_weights(store: GraphStore, layer: int):
     """The trained block of layer L (predictors dropped) and its config."""
     blob = load_blob(store, layer)
@@ -315,8 +341,6 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     secs = fit(model, loader, cfg, steps=steps, per_epoch=per_epoch, run=run,
                chash=config_hash(conf), desc=f"train layer {layer}")
     model.eval()
-    _save_atomic({"config": conf, "in_dim": in_dim,
-                  "block": {k: v.cpu() for k, v in model.block.state_dict().items()}},
-                 run / WEIGHTS_FILE)
+    save_layer(run, conf, in_dim, model.block)
     store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2))
     return store.stage_record(stage)

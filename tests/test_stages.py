@@ -99,6 +99,24 @@ def test_embed_recomputes_a_table_deleted_after_completion(tmp_path):
     np.testing.assert_array_equal(np.asarray(GraphStore(s.path).table(1)), ref)
 
 
+def test_embed_runs_without_torch_and_from_a_checkpoint_only(tmp_path):
+    # embed reads block.npz (numpy): torch stays out of the process and of Dask workers
+    s = make_store(tmp_path / "g.zarr", n=300, feat=8)
+    assert main(["train", str(s.path), "--layer", "1", "--steps", "2", *SMALL]) == 0
+    code = ("import sys; from lrgi_ooc.embed import embed_layer; "
+            f"embed_layer({str(s.path)!r}, 1); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, LRGI_OOC_QUIET="1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
+    ref = np.array(GraphStore(s.path).table(1))
+    # a store trained before block.npz existed: the torch checkpoint alone still embeds
+    (s.run_dir("train/1") / "block.npz").unlink()
+    GraphStore(s.path).delete(embeddings_key(1))
+    assert main(["embed", str(s.path), "--layer", "1"]) == 0
+    np.testing.assert_array_equal(np.asarray(GraphStore(s.path).table(1)), ref)
+
+
 def test_embed_killed_then_resumed_matches_uninterrupted(tmp_path):
     # 5 output chunks of 4096 rows, small edge pieces: the kill lands mid-pass
     args = ["--layer", "1", "--steps", "3", *SMALL]
