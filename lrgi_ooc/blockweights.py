@@ -64,10 +64,13 @@ class GATWeights:
 
 
 def matmul_t(x: np.ndarray, weight: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """x @ weight.T in float32: numpy (BLAS) on the CPU, torch on a CUDA device."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    """x @ weight.T as float32: on the CPU by BLAS in float64, then rounded (a float32 BLAS
+    result depends on its thread count, 4e-6 apart between 1 and 2 threads here, so a Dask
+    worker and this process would disagree); by torch on a CUDA device."""
     if not str(device).startswith("cuda"):
-        return x @ weight.T
+        out = np.asarray(x, dtype=np.float64) @ weight.T.astype(np.float64)
+        return out.astype(np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     import torch
     with torch.no_grad():
         xt = torch.from_numpy(x).to(device, non_blocking=True)

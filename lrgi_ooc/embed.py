@@ -237,7 +237,8 @@ def _graphs(spec: EmbedSpec) -> dict[str, Any]:
 def project_task(spec: EmbedSpec, i: int) -> int:
     """Phase 1 task: projection chunk i (every node's [h | a_src], once); returns its rows.
 
-    Memory: chunk_rows * (4 F + 8 (H C + H)) bytes beside the weights."""
+    Memory: chunk_rows * (12 F + 16 H C + 8 H) bytes beside the weights (the matmul runs in
+    float64)."""
     cluster.set_torch_threads()
     ctx = _context(spec)
     store, keys = ctx["store"], projection_keys(spec.layer)
@@ -253,7 +254,7 @@ def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
 
     Memory: the mapped projection (N (H C + H) 4 bytes, shared by the tasks of a machine
     through the page cache), one piece of at most `max_edges` edge ids, and
-    chunk_rows * (4 F + 24 D) bytes of per-target state and output."""
+    chunk_rows * (12 F + 32 D) bytes of per-target state and output."""
     cluster.set_torch_threads()
     cluster.set_numba_threads()
     ctx = _context(spec)

@@ -1,7 +1,14 @@
 """Benchmark `preprocess` and `embed` in-process, on 1 and on 2 local Dask workers.
 
     python tools/bench_distributed.py [--work DIR] [--nodes 1000000] [--avg-degree 20]
-                                      [--modes inproc,1,2] [--json out.json]
+                                      [--feature-dim 64] [--modes inproc,1,2,s1,s2]
+                                      [--repeat 1] [--json out.json]
+
+Modes: `inproc` (no Dask); `N` (`--workers N`: the command starts and stops a LocalCluster
+of N one-thread workers); `sN` (`--scheduler ADDRESS`: an existing cluster, one
+`dask scheduler` and N `dask worker --nthreads 1` processes that this script starts before
+the first run and stops at the end, as on a real deployment; its workers keep their imports
+from one command to the next, so with --repeat 2 the best run is a warm one).
 
 Steps (each a real CLI run in a fresh subprocess; the commands are printed):
 1. `lrgi-ooc synth` (N nodes, N * D / 2 undirected edges; skipped when DIR/input exists);
@@ -46,8 +53,45 @@ def cli(*args: str) -> tuple[float, str]:
     return wall, r.stdout
 
 
-def mode_args(mode: str) -> list[str]:
-    return [] if mode == "inproc" else ["--workers", mode]
+def mode_args(mode: str, clusters: dict[str, str]) -> list[str]:
+    if mode == "inproc":
+        return []
+    return ["--scheduler", clusters[mode]] if mode.startswith("s") else ["--workers", mode]
+
+
+DASK = Path(sys.executable).parent / "dask"
+
+
+def start_cluster(workers: int, log_dir: Path) -> tuple[str, list[subprocess.Popen]]:
+    """A `dask scheduler` and `workers` one-thread `dask worker` processes on 127.0.0.1."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(   # workers import this checkout
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard"], stdout=subprocess.DEVNULL,
+                              stderr=open(log_dir / f"scheduler-{port}.log", "w"), env=env)]
+    procs += [subprocess.Popen([str(DASK), "worker", address, "--nworkers", "1", "--nthreads",
+                                "1", "--no-dashboard"], stdout=subprocess.DEVNULL,
+                               stderr=open(log_dir / f"worker-{port}-{i}.log", "w"), env=env)
+              for i in range(workers)]
+    from distributed import Client
+    with Client(address, timeout="60s") as c:
+        c.wait_for_workers(workers, timeout=120)
+    return address, procs
+
+
+def stop_cluster(procs: list[subprocess.Popen]) -> None:
+    for p in procs[1:] + procs[:1]:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def same_bytes(a: GraphStore, b: GraphStore, key: str) -> bool:
@@ -93,7 +137,10 @@ def main() -> None:
     ap.add_argument("--work", default="bench-distributed", help="work directory")
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--avg-degree", type=float, default=20.0)
-    ap.add_argument("--modes", default="inproc,1,2", help="inproc and/or worker counts")
+    ap.add_argument("--feature-dim", type=int, default=64)
+    ap.add_argument("--modes", default="inproc,1,2",
+                    help="inproc, worker counts (N: --workers N) and existing clusters "
+                         "(sN: --scheduler, N workers)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per mode, in alternating order (the best is compared)")
     ap.add_argument("--json", help="write the results here")
@@ -105,9 +152,23 @@ def main() -> None:
     inp = work / "input"
     if not (inp / "synth.json").exists():
         cli("synth", "--out", inp, "--nodes", a.nodes, "--avg-degree", a.avg_degree,
-            "--feature-dim", 64, "--overwrite")
+            "--feature-dim", a.feature_dim, "--overwrite")
     results: list[dict] = []
+    clusters: dict[str, str] = {}
+    procs: list[subprocess.Popen] = []
+    try:
+        for m in modes:
+            if m.startswith("s"):
+                clusters[m], p = start_cluster(int(m[1:]), work / "dask-logs")
+                procs += p
+        run_modes(a, work, inp, modes, order, clusters, results)
+    finally:
+        stop_cluster(procs)
+    report(a, results)
 
+
+def run_modes(a: argparse.Namespace, work: Path, inp: Path, modes: list[str],
+              order: list[str], clusters: dict[str, str], results: list[dict]) -> None:
     # preprocess
     dask_pre = has_option("preprocess", "--workers")
     pre_modes = [m for m in modes if m == "inproc" or dask_pre]
@@ -117,7 +178,7 @@ def main() -> None:
         load, control = os.getloadavg()[0], parallel_control()
         wall, _ = cli("preprocess", "--edges", inp / "edges", "--features", inp / "features.npy",
                       "--labels", inp / "labels.npy", "--undirected", "--out", out,
-                      "--overwrite", *mode_args(m))
+                      "--overwrite", *mode_args(m, clusters))
         stores[m] = out
         results.append({"pass": "preprocess", "mode": m, "wall_s": round(wall, 2),
                         "load1": round(load, 2), "control": round(control, 2)})
@@ -139,7 +200,7 @@ def main() -> None:
         s.clear_stage("embed/1")
         shutil.rmtree(s.run_dir("embed/1"), ignore_errors=True)
         load, control = os.getloadavg()[0], parallel_control()
-        wall, _ = cli("embed", path, "--layer", 1, *mode_args(m))
+        wall, _ = cli("embed", path, "--layer", 1, *mode_args(m, clusters))
         s = GraphStore(path)
         table = np.array(s.mmap("layers/1/embeddings"))
         ref = table if ref is None else ref
@@ -149,6 +210,8 @@ def main() -> None:
                         "chunks": s.info("layers/1/embeddings").num_chunks,
                         "max_abs_diff": float(np.abs(table - ref).max())})
 
+
+def report(a: argparse.Namespace, results: list[dict]) -> None:
     print("\n| pass | mode | wall s | pass s | load avg (1 min) | 2-process control | check |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
@@ -162,10 +225,11 @@ def main() -> None:
             for r in results:
                 if r["pass"] == p and r.get(field):
                     t[r["mode"]] = min(t.get(r["mode"], float("inf")), r[field])
-            if "1" in t and "2" in t:
-                print(f"{p} ({field}, best of {a.repeat}): 1 -> 2 workers "
-                      f"{t['1'] / t['2']:.2f}x; in-process -> 2 workers "
-                      f"{t.get('inproc', float('nan')) / t['2']:.2f}x")
+            for one, two, how in (("1", "2", "--workers"), ("s1", "s2", "--scheduler")):
+                if one in t and two in t:
+                    print(f"{p} ({field}, {how}, best of {a.repeat}): 1 -> 2 workers "
+                          f"{t[one] / t[two]:.2f}x; in-process -> 2 workers "
+                          f"{t.get('inproc', float('nan')) / t[two]:.2f}x")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 
