@@ -89,7 +89,8 @@ def _spill_part_task(spec: _Spec, j: int, part: Callable[[], Iterator[tuple[np.n
                      ) -> tuple[np.ndarray, int, int]:
     """Pass 1 on one input part, read here: (histogram, self loops, edges)."""
     cluster.set_numba_threads()
-    cluster.set_arrow_threads()
+    if getattr(part, "decoder", None) == "pyarrow":
+        cluster.set_arrow_threads()
     b = spec.build()
     loops = edges = 0
     path = spec.file(f"seg{j}")

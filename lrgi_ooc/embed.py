@@ -212,8 +212,10 @@ def _context(spec: EmbedSpec) -> dict[str, Any]:
     """Block and input table of a layer: loaded once per worker process."""
     def make() -> dict[str, Any]:
         store = GraphStore(spec.store)
-        return {"store": store, "weights": load_block(store, spec.layer)[0],
-                "device": resolve_device(spec.device),
+        device = resolve_device(spec.device)
+        if device != "cpu":                  # only then does the stage use torch
+            cluster.set_torch_threads()
+        return {"store": store, "weights": load_block(store, spec.layer)[0], "device": device,
                 "table": StoreRows(store, store.table_key(spec.layer - 1))}
     return cluster.worker_cached(("embed", spec), make)
 
@@ -239,7 +241,6 @@ def project_task(spec: EmbedSpec, i: int) -> int:
 
     Memory: chunk_rows * (12 F + 16 H C + 8 H) bytes beside the weights (the matmul runs in
     float64)."""
-    cluster.set_torch_threads()
     ctx = _context(spec)
     store, keys = ctx["store"], projection_keys(spec.layer)
     a, b = store.info(keys[0]).chunk_bounds(i)
@@ -255,7 +256,6 @@ def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
     Memory: the mapped projection (N (H C + H) 4 bytes, shared by the tasks of a machine
     through the page cache), one piece of at most `max_edges` edge ids, and
     chunk_rows * (12 F + 32 D) bytes of per-target state and output."""
-    cluster.set_torch_threads()
     cluster.set_numba_threads()
     ctx = _context(spec)
     g = _graphs(spec)

@@ -355,6 +355,10 @@ class _Checked:
     num_nodes: int | None
     hint: str
 
+    @property
+    def decoder(self) -> str | None:
+        return getattr(self.raw, "decoder", None)
+
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for s, d in self.raw():
             yield (check_ids(s, self.source, self.num_nodes, self.hint),
@@ -389,6 +393,7 @@ class _ParquetPart:
     row_groups: tuple[int, ...]
     columns: tuple[str, str]
     chunk: int
+    decoder = "pyarrow"       # whose thread pool a worker must limit (cluster.set_arrow_threads)
 
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         src, dst = self.columns

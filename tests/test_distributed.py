@@ -149,14 +149,36 @@ def test_embed_on_scheduler_equals_in_process_weights_cached_per_worker(trained,
     np.testing.assert_allclose(np.asarray(s.mmap(EMB)), ref, rtol=0, atol=1e-6)
 
     def cached_layers():
+        import sys
+
         from lrgi_ooc import cluster
-        import torch
-        return [k[1].layer for k in cluster._CACHE if k[0] == "embed"], torch.get_num_threads()
+        return [k[1].layer for k in cluster._CACHE if k[0] == "embed"], "torch" in sys.modules
     with Client(address) as c:
         seen = c.run(cached_layers)
-    # every worker that ran tasks loaded the layer once (one cache entry), torch on 1 thread
-    assert all(v == ([1], 1) or v == ([], v[1]) for v in seen.values()), seen
+    # every worker that ran tasks loaded the layer once (one cache entry) and never imported
+    # torch (embed reads block.npz)
+    assert all(v == ([1], False) or v[0] == [] for v in seen.values()), seen
     assert sum(v[0] == [1] for v in seen.values()) >= 1
+
+
+def test_worker_limits_pyarrow_threads_for_parquet_parts(monkeypatch, tmp_path):
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    from lrgi_ooc import cluster
+    from lrgi_ooc.ingest import open_edges
+    pq.write_table(pyarrow.table({"src": np.arange(10), "dst": np.arange(10)[::-1]}),
+                   tmp_path / "e.parquet")
+    assert [p.decoder for p in open_edges(tmp_path / "e.parquet").parts(None)] == ["pyarrow"]
+    before = pyarrow.cpu_count()
+    monkeypatch.setattr(cluster, "worker_threads", lambda: 1)
+    monkeypatch.setattr(cluster, "_THREADS_SET", set())
+    monkeypatch.setenv("LRGI_OOC_TASK_THREADS", "1")
+    try:
+        cluster.set_arrow_threads()
+        assert pyarrow.cpu_count() == 1
+    finally:
+        pyarrow.set_cpu_count(before)
 
 
 def test_worker_killed_mid_embed_gives_identical_table(trained, scheduler, tmp_path):
