@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterator, Sequence
 
@@ -53,41 +54,85 @@ def check_options(workers: int | None, scheduler: str | None, source: str = "") 
 
 # ------------------------------------------------------------------ client lifecycle
 @contextlib.contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None,
-                gpu: bool = False) -> Iterator[Any]:
-    """A connected `distributed.Client`, or None (in-process) when neither option is given.
+def dask_client(workers: int | None = None, scheduler: str | None = None, gpu: bool = False,
+                preload: Sequence[str] = ()) -> Iterator[Any]:
+    """A `distributed.Client` (in-process: None when neither option is given).
 
-    `workers`: a LocalCluster of that many processes with one thread each (call this only
-    from code that runs under `if __name__ == "__main__"`, e.g. the CLI). `gpu`: local workers
+    The cluster starts (or the connection is made) in a background thread while the caller
+    goes on opening inputs and creating arrays; the yielded handle waits for it on first use
+    and then behaves as the client. `workers`: a LocalCluster of that many processes with one
+    thread each (call this only from code that runs under `if __name__ == "__main__"`, e.g.
+    the CLI); `preload`: modules its workers import as they start (the tasks' imports, paid
+    while the client works instead of by each worker's first task). `gpu`: local workers
     advertise the GPU resource when this machine has CUDA."""
     check_options(workers, scheduler)
     if workers is None and not scheduler:
         yield None
         return
-    from distributed import Client, LocalCluster
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as e:
-            raise InputError(f"--scheduler {scheduler}: cannot connect ({e})") from None
-    else:
-        resources = {GPU_RESOURCE: 1} if gpu and _has_cuda() else None
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR,
-                               resources=resources)
-        client = Client(cluster)
+    handle = _Connecting(workers, scheduler, gpu, tuple(preload))
     try:
-        _wait_for_workers(client, scheduler or "the local cluster")
-        link = dashboard_link(client)
-        n = len(client.scheduler_info(n_workers=-1)["workers"])
-        print(f"dask: {n} worker(s) at {client.scheduler.address}"
-              + (f", dashboard {link}" if link else ""))
-        yield client
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        yield handle
+    except BaseException:
+        handle.close(report=False)
+        raise
+    handle.close(report=True)
+
+
+class _Connecting:
+    """A client being connected in a background thread; attribute access waits for it."""
+
+    def __init__(self, workers: int | None, scheduler: str | None, gpu: bool,
+                 preload: tuple[str, ...]):
+        self._done: dict[str, Any] = {}
+        self._local = not scheduler
+        self._thread = threading.Thread(target=self._connect, name="dask-connect", daemon=True,
+                                        args=(workers, scheduler, gpu, preload))
+        self._thread.start()
+
+    def _connect(self, workers: int | None, scheduler: str | None, gpu: bool,
+                 preload: tuple[str, ...]) -> None:
+        from distributed import Client, LocalCluster
+        try:
+            if scheduler:
+                try:
+                    client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+                except (OSError, TimeoutError, ValueError) as e:
+                    raise InputError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+                self._done["client"] = client
+            else:
+                resources = {GPU_RESOURCE: 1} if gpu and _has_cuda() else None
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=logging.ERROR,
+                                       resources=resources, preload=list(preload))
+                self._done["cluster"] = cluster
+                client = self._done["client"] = Client(cluster)
+            _wait_for_workers(client, scheduler or "the local cluster")
+            link = dashboard_link(client)
+            n = len(client.scheduler_info(n_workers=-1)["workers"])
+            print(f"dask: {n} worker(s) at {client.scheduler.address}"
+                  + (f", dashboard {link}" if link else ""), flush=True)
+        except BaseException as e:        # raised in the caller's thread, on first use
+            self._done["error"] = e
+
+    def client(self) -> Any:
+        self._thread.join()
+        if "error" in self._done:
+            raise self._done["error"]
+        return self._done["client"]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client(), name)
+
+    def close(self, report: bool) -> None:
+        """Close what was started; `report`: raise a connection error nobody has seen yet
+        (a command that needed no task must still fail on a bad --scheduler). A command that
+        failed does not wait for a remote connection (only a local cluster must be stopped)."""
+        self._thread.join(None if report or self._local else 0)
+        for key in ("client", "cluster"):
+            if key in self._done:
+                self._done[key].close()
+        if report and "error" in self._done:
+            raise self._done["error"]
 
 
 def _has_cuda() -> bool:

@@ -28,6 +28,7 @@ from .store import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_hash, embeddings
 from .train import embed_stage, load_block, train_stage
 
 DEFAULT_MAX_EDGES = 1 << 21
+WORKER_MODULES = ("lrgi_ooc.embed", "lrgi_ooc.gatkernel")   # preloaded by local workers
 PROGRESS_FILE = "progress.json"
 
 
@@ -47,7 +48,7 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_embed(args: argparse.Namespace) -> int:
-    with cluster.dask_client(args.workers, args.scheduler) as client:
+    with cluster.dask_client(args.workers, args.scheduler, preload=WORKER_MODULES) as client:
         embed_layer(args.store, args.layer, max_edges=args.max_edges, device=args.device,
                     client=client, chunk_rows=args.chunk_rows)
     return 0

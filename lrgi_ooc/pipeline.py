@@ -16,6 +16,8 @@ from . import cluster
 from . import config as cfgmod
 from .config import TrainConfig
 from .errors import InputError
+from .embed import WORKER_MODULES
+from .preprocess import WORKER_MODULES as PREPROCESS_WORKER_MODULES
 from .store import GraphStore, config_hash
 
 PIPELINE_KEYS = {"store", "num_layers", "synth", "preprocess", "train", "layer", "embed",
@@ -57,7 +59,8 @@ def main_layer(args: argparse.Namespace) -> int:
     from .embed import DEFAULT_MAX_EDGES, embed_layer
     from .train import config_from_args
     cfg = config_from_args(args)
-    with cluster.dask_client(args.workers, args.scheduler, gpu=bool(args.gpu_task)) as client:
+    with cluster.dask_client(args.workers, args.scheduler, gpu=bool(args.gpu_task),
+                             preload=WORKER_MODULES) as client:
         run_train(args.store, args.layer, cfg, client, bool(args.gpu_task))
         embed_layer(args.store, args.layer, max_edges=args.max_edges or DEFAULT_MAX_EDGES,
                     device=cfg.device, client=client)
@@ -163,7 +166,8 @@ def run_pipeline(path: str | Path, store_override: str | None = None,
     out = Path(store_path)
     dk = _dask_settings(doc, source, dask)
     with cluster.dask_client(dk.get("workers"), dk.get("scheduler"),
-                             gpu=bool(dk.get("gpu_task"))) as client:
+                             gpu=bool(dk.get("gpu_task")),
+                             preload=WORKER_MODULES + PREPROCESS_WORKER_MODULES) as client:
         _run_stages(doc, source, out, n, layer_cfgs, embed_opts, client,
                     bool(dk.get("gpu_task")))
     return _evaluate(out, n, eval_opts)

@@ -25,6 +25,7 @@ from .memory import parse_size
 from .progress import bar
 
 FEATURE_DTYPES = ("float32", "float16")
+WORKER_MODULES = ("lrgi_ooc.csrdask",)        # preloaded by local workers (csrbuild, numba)
 
 
 def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
@@ -318,7 +319,7 @@ def _provenance(ds: datasets.Dataset) -> dict[str, Any]:
 def main_preprocess(a: argparse.Namespace) -> int:
     cluster.check_options(a.workers, a.scheduler)
     _options(a)                      # bad options fail before a cluster starts
-    with cluster.dask_client(a.workers, a.scheduler) as client:
+    with cluster.dask_client(a.workers, a.scheduler, preload=WORKER_MODULES) as client:
         return run_preprocess(a, client)
 
 

@@ -339,3 +339,19 @@ def test_dask_options_and_config_table(tmp_path, run_cli):
         assert rc == 2 and needle in err, err
     rc, _, err = run_cli("embed", tmp_path / "x.zarr", "--layer", "1", "--workers", "-1")
     assert rc == 2 and "--workers" in err
+
+
+def test_unreachable_scheduler_exits_2_even_when_no_task_is_needed(trained, tmp_path):
+    # the connection is made in the background while the command works; its failure must
+    # still end the command with the one-line error, also when every chunk was already done
+    src, _ = trained
+    s = copy_store(src, tmp_path / "g.zarr")
+    assert main(["embed", str(s.path), "--layer", "1", *CHUNK]) == 0
+    address = f"tcp://127.0.0.1:{_free_port()}"          # nothing listens there
+    for args, needle in ((["embed", str(s.path)], "cannot connect"),
+                         (["embed", str(tmp_path / "missing.zarr")], "missing.zarr")):
+        r = subprocess.run([sys.executable, "-m", "lrgi_ooc", *args, "--layer", "1",
+                            "--scheduler", address], capture_output=True, text=True,
+                           env=cli_env(), timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
