@@ -177,11 +177,12 @@ def run_on_resource(client: Any, fn: Callable[..., Any], *args: Any,
 # ------------------------------------------------------------------ running a pass
 def run_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple], desc: str,
               unit: str = "task", weights: Sequence[int] | None = None, total: int | None = None,
-              initial: int = 0) -> list[Any]:
+              initial: int = 0, futures: list[Any] | None = None) -> list[Any]:
     """fn(*t) for every t in `tasks`, in-process (client None) or on Dask; results in order.
 
     One bar over completed tasks (advanced by `weights[i]`, default 1). Dask re-runs the tasks
-    of a worker that died; the first task error cancels the rest and is raised here."""
+    of a worker that died; the first task error cancels the rest and is raised here.
+    `futures`: the tasks were already submitted (`submit_tasks`); wait for those."""
     from .progress import bar
     weights = list(weights) if weights is not None else [1] * len(tasks)
     total = total if total is not None else initial + sum(weights)
@@ -193,7 +194,8 @@ def run_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple], desc:
                 pb.update(weights[i])
             return results
         from distributed import as_completed
-        futures = [client.submit(fn, *t, pure=False) for t in tasks]
+        if futures is None:
+            futures = submit_tasks(client, fn, tasks)
         index = {f.key: i for i, f in enumerate(futures)}
         try:
             for f in as_completed(futures):
@@ -203,6 +205,24 @@ def run_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple], desc:
         finally:
             client.cancel([f for f in futures if not f.done()])
     return results
+
+
+def submit_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple],
+                 priority: int = 0) -> list[Any]:
+    """Submit fn(*t) for every t now; collect with `run_tasks(..., futures=...)`. A negative
+    priority makes independent tasks fill the workers' idle moments (while the client plans
+    the next pass, the tail of a pass) without delaying tasks submitted later."""
+    return [client.submit(fn, *t, pure=False, priority=priority) for t in tasks]
+
+
+def drain_tasks(futures: Sequence[Any]) -> None:
+    """Wait for submitted tasks, ignoring their results, when a command fails: Dask cannot
+    stop a running task, so they must end before the caller removes what they write into."""
+    from distributed import wait
+    try:
+        wait(list(futures))
+    except Exception:                       # the cluster itself is gone: nothing runs
+        pass
 
 
 # ------------------------------------------------------------------ inside workers

@@ -198,20 +198,36 @@ def _features_task(store_path: str, arr: ingest.NpyArray, i: int) -> None:
                                                      arr.source, s))
 
 
+def _submit_features(store: st.GraphStore, t: ingest.Table, n: int, o: Options,
+                     client: Any) -> list[Any] | None:
+    """Dask: the feature copy as low-priority chunk tasks, submitted before the CSR passes so
+    that they fill the workers' idle moments; None when the workers cannot read the table
+    themselves (not a C-order .npy), then the client copies it afterwards."""
+    if not (isinstance(t, ingest.NpyTable) and not t.arr.fortran and t.arr.member is None):
+        return None
+    info = store.create_array(st.FEATURES, (n, t.shape[1]), o.feature_dtype)
+    path = str(store.path.resolve())
+    t.arr.path = t.arr.path.resolve()
+    return cluster.submit_tasks(client, _features_task, _feature_tasks(path, t, info),
+                                priority=-1)
+
+
+def _feature_tasks(path: str, t: ingest.NpyTable, info: st.ArrayInfo) -> list[tuple]:
+    return [(path, t.arr, i) for i in range(info.num_chunks)]
+
+
 def _write_features(store: st.GraphStore, t: ingest.Table, n: int, o: Options,
-                    client: Any = None) -> None:
+                    client: Any = None, futures: list[Any] | None = None) -> None:
     f = t.shape[1]
-    info = store.create_array(st.FEATURES, (n, f), o.feature_dtype)
-    if client is not None and isinstance(t, ingest.NpyTable) and not t.arr.fortran \
-            and t.arr.member is None:
-        path = str(store.path.resolve())
-        t.arr.path = t.arr.path.resolve()
-        cluster.run_tasks(client, _features_task, [(path, t.arr, i)
-                                                   for i in range(info.num_chunks)],
-                          "features", unit="rows",
+    if futures is not None:
+        info = store.info(st.FEATURES)
+        cluster.run_tasks(client, _features_task, _feature_tasks(str(store.path.resolve()), t,
+                                                                 info),
+                          "features", unit="rows", futures=futures,
                           weights=[int(np.diff(info.chunk_bounds(i))[0])
                                    for i in range(info.num_chunks)])
         return
+    store.create_array(st.FEATURES, (n, f), o.feature_dtype)
     w = store.stream_writer(st.FEATURES)
     row0 = 0
     with bar(n, "features", "rows") as pb:
@@ -341,6 +357,7 @@ def run_preprocess(a: argparse.Namespace, client: Any = None) -> int:
               "keep_self_loops": a.keep_self_loops, "keep_duplicates": a.keep_duplicates,
               "feature_dtype": o.feature_dtype.name, "num_nodes": n,
               "src_col": a.src_col, "dst_col": a.dst_col}
+    features: list[Any] | None = None      # feature tasks submitted to Dask, not yet waited for
     try:
         store = st.GraphStore.create(staging, {"num_nodes": n, "provenance": _provenance(ds)})
         work.mkdir(parents=True, exist_ok=True)
@@ -348,6 +365,8 @@ def run_preprocess(a: argparse.Namespace, client: Any = None) -> int:
         if ds.labels is not None:
             meta.update(_write_labels(store, ds.labels, n, o))
         _write_splits(store, ds, n, n_splits, o)
+        if client is not None and ds.features is not None:
+            features = _submit_features(store, ds.features, n, o, client)
         if client is None:
             from .csrbuild import build_csr as build
         else:
@@ -360,7 +379,8 @@ def run_preprocess(a: argparse.Namespace, client: Any = None) -> int:
                     remove_duplicates=not a.keep_duplicates, memory_limit=o.memory_limit,
                     workdir=work)
         if ds.features is not None:
-            _write_features(store, ds.features, n, o, client)
+            _write_features(store, ds.features, n, o, client, features)
+            features = None
         meta.update(
             num_nodes=res.num_nodes, num_edges=res.num_edges, num_input_edges=res.num_input_edges,
             symmetrized=bool(a.undirected), remove_self_loops=not a.keep_self_loops,
@@ -372,6 +392,8 @@ def run_preprocess(a: argparse.Namespace, client: Any = None) -> int:
         store.mark_stage("preprocess", config)
         st.publish(staging, out, a.overwrite)
     finally:
+        if features:                      # failed while they ran
+            cluster.drain_tasks(features)
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     feat = (f"{meta['num_features']} features ({meta['feature_dtype']})"

@@ -271,6 +271,29 @@ def test_preprocess_on_dask_is_byte_identical(where, fmt, edge_inputs, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr", "ref.zarr"]   # no scratch
 
 
+def test_preprocess_failing_on_dask_leaves_nothing(edge_inputs, tmp_path, monkeypatch,
+                                                  scheduler):
+    # feature tasks are submitted before the edge passes; an edge error found by a worker's
+    # validate task (an id >= N, N = the feature rows) must still end with exit 2, the old
+    # store intact and no staging or work directory left behind
+    _small_chunks(monkeypatch)
+    args = edge_inputs["npy"]
+    out = tmp_path / "g.zarr"
+    assert main(["preprocess", *args, "--out", str(out)]) == 0
+    before = GraphStore(out).meta["num_edges"]
+    bad = np.load(args[1])
+    bad[1, -1] = 10 ** 6
+    np.save(tmp_path / "bad.npy", bad)
+    r = subprocess.run([sys.executable, "-m", "lrgi_ooc", "preprocess", "--edges",
+                        str(tmp_path / "bad.npy"), *args[2:], "--out", str(out), "--overwrite",
+                        "--scheduler", scheduler[0]],
+                       capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "bad.npy" in r.stderr and "1000000" in r.stderr, r.stderr
+    assert GraphStore(out).meta["num_edges"] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "g.zarr"]
+
+
 # ------------------------------------------------------------------ train on a GPU worker
 def test_gpu_task_without_gpu_worker_exits_2_then_runs_on_one(trained, scheduler, tmp_path):
     address, _ = scheduler
