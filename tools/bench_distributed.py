@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,8 +112,21 @@ def _spin(n: int) -> float:
     return time.perf_counter() - t
 
 
-def parallel_control(n: int = 3_000_000) -> float:
-    """Speed-up of 4 pure-CPU jobs on 2 processes over 1, measured now: what 2 workers can get.
+def _stream(rounds: int) -> float:
+    """Memory-bound work: copy a 256 MB int64 array and scatter/gather 8 M random items."""
+    a = np.random.default_rng(0).integers(0, 1 << 30, 1 << 25, dtype=np.int64)
+    b = np.empty_like(a)
+    idx = np.random.default_rng(1).integers(0, len(a), 1 << 23)
+    t = time.perf_counter()
+    for _ in range(rounds):
+        np.copyto(b, a)
+        b[idx] = a[idx]
+    return time.perf_counter() - t
+
+
+def parallel_control(n: int = 3_000_000, job: Any = _spin) -> float:
+    """Speed-up of 4 jobs on 2 processes over 1, measured now: what 2 workers can get
+    (`_spin`: pure CPU; `_stream` with n = rounds: memory-bound).
 
     On a shared machine with Linux autogroup scheduling, all processes of one session share
     one fair slice, so this is far below 2 when other sessions keep the cores busy."""
@@ -121,7 +135,7 @@ def parallel_control(n: int = 3_000_000) -> float:
     for procs in (1, 2):
         with Pool(procs) as pool:
             t0 = time.perf_counter()
-            pool.map(_spin, [n] * 4)
+            pool.map(job, [n] * 4)
             t.append(time.perf_counter() - t0)
     return t[0] / t[1]
 
@@ -146,8 +160,13 @@ def main() -> None:
     ap.add_argument("--passes", default="preprocess,embed",
                     help="preprocess and/or embed (embed uses the in-process store, kept from "
                          "an earlier run when preprocess is not measured)")
+    ap.add_argument("--memory-control", action="store_true",
+                    help="first measure the 1 -> 2 process speed-up of a memory-bound job")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
+    if a.memory_control:
+        print(f"memory-bound control: 2 processes over 1: "
+              f"{parallel_control(6, _stream):.2f}x", flush=True)
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     modes = [m.strip() for m in a.modes.split(",")]
