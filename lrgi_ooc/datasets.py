@@ -12,8 +12,9 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
-from .ingest import (ArrayTable, EdgeInput, NpyArray, NpyTable, Table, csr_from_npz,
-                     first_line, npy_edges, npz_members, require_file)
+from .edges import EdgeInput, npy_edges
+from .ingest import (ArrayTable, NpyArray, NpyTable, Table, csr_from_npz, first_line,
+                     npz_members, require_file)
 
 
 @dataclass

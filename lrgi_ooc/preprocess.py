@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import cluster, datasets, ingest
+from . import cluster, datasets, edges, ingest
 from . import store as st
 from .errors import InputError
 from .memory import parse_size
@@ -97,7 +97,7 @@ def _open(a: argparse.Namespace, o: Options) -> datasets.Dataset:
         return datasets.open_npz(a.npz, o.edge_chunk)
     if a.ogb:
         return datasets.open_ogb(a.ogb, a.ogb_root, o.edge_chunk)
-    ds = datasets.Dataset(edges=ingest.open_edges(a.edges, a.src_col, a.dst_col, o.edge_chunk))
+    ds = datasets.Dataset(edges=edges.open_edges(a.edges, a.src_col, a.dst_col, o.edge_chunk))
     ds.files = list(ds.edges.files)
     if a.features:
         ds.features = ingest.open_features(a.features)
@@ -292,7 +292,7 @@ def _split_masks(t: ingest.Table, k: int, n: int, o: Options):
     mask = np.zeros(n, bool)       # index arrays: N bytes, sorted and deduplicated for free
     seen = 0
     for ids in t.blocks(block):
-        ids = ingest.check_ids(np.asarray(ids), t.source, n)
+        ids = edges.check_ids(np.asarray(ids), t.source, n)
         mask[ids] = True
         seen += len(ids)
     if int(mask.sum()) != seen:

@@ -166,7 +166,7 @@ def test_worker_limits_pyarrow_threads_for_parquet_parts(monkeypatch, tmp_path):
     import pyarrow.parquet as pq
 
     from lrgi_ooc import cluster
-    from lrgi_ooc.ingest import open_edges
+    from lrgi_ooc.edges import open_edges
     pq.write_table(pyarrow.table({"src": np.arange(10), "dst": np.arange(10)[::-1]}),
                    tmp_path / "e.parquet")
     assert [p.decoder for p in open_edges(tmp_path / "e.parquet").parts(None)] == ["pyarrow"]
@@ -253,12 +253,12 @@ def test_preprocess_on_dask_is_byte_identical(where, fmt, edge_inputs, tmp_path,
                                               request):
     # npy and parquet are read by the workers in parts (several here: 60000 edges per part,
     # parquet row groups of 20000); csv is streamed by the client in segments
-    import lrgi_ooc.ingest as ingest
+    import lrgi_ooc.edges as edges_mod
     _small_chunks(monkeypatch)
-    monkeypatch.setattr(ingest, "PART_EDGES", 60000)
+    monkeypatch.setattr(edges_mod, "PART_EDGES", 60000)
     edge_inputs = edge_inputs[fmt]
     if fmt != "csv":
-        from lrgi_ooc.ingest import open_edges
+        from lrgi_ooc.edges import open_edges
         assert len(open_edges(edge_inputs[1]).parts(None)) == 5
     assert main(["preprocess", *edge_inputs, "--out", str(tmp_path / "ref.zarr")]) == 0
     opts = (["--workers", "2"] if where == "local"

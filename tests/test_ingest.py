@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from lrgi_ooc import datasets, ingest
+from lrgi_ooc import datasets, edges, ingest
 from lrgi_ooc.errors import InputError
 
 
@@ -15,7 +15,7 @@ def _cat(blocks) -> np.ndarray:
     return np.concatenate(list(blocks))
 
 
-def _edges(inp: ingest.EdgeInput, n=None) -> tuple[np.ndarray, np.ndarray]:
+def _edges(inp: edges.EdgeInput, n=None) -> tuple[np.ndarray, np.ndarray]:
     pairs = list(inp.chunks(n)())
     return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
@@ -69,7 +69,7 @@ def test_npy_edges_layouts(tmp_path, layout):
     if layout.endswith("fortran"):
         a = np.asfortranarray(a)
     np.save(tmp_path / "e.npy", a)
-    inp = ingest.npy_edges(ingest.NpyArray(tmp_path / "e.npy"), chunk=100)
+    inp = edges.npy_edges(ingest.NpyArray(tmp_path / "e.npy"), chunk=100)
     assert inp.num_edges == 1003
     s, d = _edges(inp)
     assert np.array_equal(s, src) and np.array_equal(d, dst)
@@ -81,20 +81,20 @@ def test_npy_edges_layouts(tmp_path, layout):
 def test_npy_edges_rejects_shapes_and_dtypes(tmp_path):
     np.save(tmp_path / "three.npy", np.zeros((3, 10), np.int64))
     with pytest.raises(InputError, match=r"\[2, E\] or \[E, 2\]"):
-        ingest.open_edges(tmp_path / "three.npy")
+        edges.open_edges(tmp_path / "three.npy")
     np.save(tmp_path / "f.npy", np.zeros((2, 10)))
     with pytest.raises(InputError, match="must be integers, got float64"):
-        ingest.open_edges(tmp_path / "f.npy")
+        edges.open_edges(tmp_path / "f.npy")
 
 
 def test_check_ids_messages():
-    assert ingest.check_ids(np.array([1, 2], np.uint8), "x", 3).dtype == np.int64
+    assert edges.check_ids(np.array([1, 2], np.uint8), "x", 3).dtype == np.int64
     with pytest.raises(InputError, match="x: node id -4 is negative"):
-        ingest.check_ids(np.array([1, -4]), "x", None)
+        edges.check_ids(np.array([1, -4]), "x", None)
     with pytest.raises(InputError, match=r"x: node id 7 is out of range \[0, 7\)!"):
-        ingest.check_ids(np.array([7, 1]), "x", 7, "!")
+        edges.check_ids(np.array([7, 1]), "x", 7, "!")
     with pytest.raises(InputError, match="too large"):
-        ingest.check_ids(np.array([2**63], np.uint64), "x", None)
+        edges.check_ids(np.array([2**63], np.uint64), "x", None)
 
 
 @pytest.mark.parametrize("stats", [True, False])
@@ -107,7 +107,7 @@ def test_parquet_edges_directory_and_statistics(tmp_path, stats):
         pq.write_table(pa.table({"dst": dst[s:s + 1000], "src": src[s:s + 1000]}),
                        d / f"p{i}.parquet", row_group_size=300, write_statistics=stats)
     (d / ".hidden").write_text("ignored")
-    inp = ingest.open_edges(d, chunk=128)
+    inp = edges.open_edges(d, chunk=128)
     assert inp.num_edges == 2500
     assert (inp.max_id_hint is not None) == stats
     assert inp.max_id() == max(src.max(), dst.max())
@@ -119,7 +119,7 @@ def test_parquet_edges_nulls_rejected(tmp_path):
     pq.write_table(pa.table({"src": pa.array([0, None, 2], pa.int64()), "dst": [1, 2, 0]}),
                    tmp_path / "n.parquet")
     with pytest.raises(InputError, match="null values"):
-        _edges(ingest.open_edges(tmp_path / "n.parquet"))
+        _edges(edges.open_edges(tmp_path / "n.parquet"))
 
 
 def test_csv_edges_gz_and_custom_columns(tmp_path):
@@ -130,17 +130,17 @@ def test_csv_edges_gz_and_custom_columns(tmp_path):
         f.write("weight,a,b\n")
         for (x, y) in e:
             f.write(f"0.5,{x},{y}\n")
-    inp = ingest.open_edges(tmp_path / "e.csv.gz", "a", "b")
+    inp = edges.open_edges(tmp_path / "e.csv.gz", "a", "b")
     s, t = _edges(inp)
     assert np.array_equal(s, e[:, 0]) and np.array_equal(t, e[:, 1])
     with pytest.raises(InputError, match="columns 'src' and 'dst'"):
-        ingest.open_edges(tmp_path / "e.csv.gz")
+        edges.open_edges(tmp_path / "e.csv.gz")
 
 
 def test_unknown_format(tmp_path):
     (tmp_path / "e.txt").write_text("1 2\n")
     with pytest.raises(InputError, match="cannot tell the format"):
-        ingest.open_edges(tmp_path / "e.txt")
+        edges.open_edges(tmp_path / "e.txt")
 
 
 @pytest.mark.parametrize("rows", [1, 3, 64])
