@@ -198,7 +198,7 @@ def run_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple], desc:
             futures = submit_tasks(client, fn, tasks)
         index = {f.key: i for i, f in enumerate(futures)}
         try:
-            for f in as_completed(futures):
+            for f in as_completed(futures, loop=client.loop):   # not Dask's default client
                 i = index[f.key]
                 results[i] = f.result()
                 pb.update(weights[i])
@@ -218,11 +218,11 @@ def submit_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple],
 def drain_tasks(futures: Sequence[Any]) -> None:
     """Wait for submitted tasks, ignoring their results, when a command fails: Dask cannot
     stop a running task, so they must end before the caller removes what they write into."""
-    from distributed import wait
-    try:
-        wait(list(futures))
-    except Exception:                       # the cluster itself is gone: nothing runs
-        pass
+    for f in futures:
+        try:
+            f.exception()
+        except Exception:                   # cancelled, or the cluster itself is gone
+            pass
 
 
 # ------------------------------------------------------------------ inside workers

@@ -242,7 +242,7 @@ def _spill(client: Any, spec: _Spec, b: _Build,
     ships (at most `in_flight` at once: bounded memory); their histograms are summed into `b`.
     Returns the number of segments."""
     from distributed import as_completed
-    ac = as_completed()
+    ac = as_completed(loop=client.loop)
     j = 0
 
     def collect(f) -> None:

@@ -51,3 +51,32 @@ def test_interrupted_overwrite_swap_restores_the_old_store(tmp_path):
     publish(new, out, overwrite=True)
     assert GraphStore(out).meta["tag"] == "new"
     assert not any(p.name.startswith(".g.zarr.") for p in tmp_path.iterdir())
+
+
+def test_metadata_is_what_zarr_writes_and_zarr_reads_the_store(tmp_path):
+    # the store writes zarr.json itself (no zarr import on the hot path): it must be the same
+    # text zarr-python writes, and zarr must open the whole store and read every value
+    import json
+
+    from lrgi_ooc.store import _zarr_array_meta
+    for dt in ("bool", "uint8", "int8", "float16", "float32", "int32", "int64"):
+        for shape in ((5,), (5, 3), (0, 7)):
+            zarr.create_array(store=str(tmp_path / "ref"), name="a", shape=shape,
+                              dtype=np.dtype(dt), chunks=(4096,) + shape[1:], compressors=None,
+                              filters=None, fill_value=0, zarr_format=3, overwrite=True,
+                              chunk_key_encoding={"name": "default", "separator": "/"})
+            ref = (tmp_path / "ref" / "a" / "zarr.json").read_text()
+            assert json.dumps(_zarr_array_meta(shape, np.dtype(dt), 4096), indent=2) == ref
+    s = GraphStore.create(tmp_path / "g.zarr", {"num_nodes": 9000, "num_edges": 0})
+    x = np.arange(9000 * 2, dtype=np.int32).reshape(9000, 2)
+    s.create_array("deep/er/t", x.shape, x.dtype, chunk_rows=4096)
+    s.write_chunk("deep/er/t", 0, x[:4096])
+    s.write_chunk("deep/er/t", 2, x[8192:])
+    g = zarr.open_group(str(s.path), mode="r")
+    assert g.attrs["lrgi_ooc"]["num_nodes"] == 9000
+    got = g["deep/er/t"][...]
+    np.testing.assert_array_equal(got[:4096], x[:4096])
+    assert (got[4096:8192] == 0).all()
+    np.testing.assert_array_equal(got[8192:], x[8192:])
+    s.create_array("deep/er/t", (3,), np.float32)       # re-created: old chunks gone
+    np.testing.assert_array_equal(zarr.open_array(str(s.path / "deep/er/t"))[...], np.zeros(3))
