@@ -300,6 +300,7 @@ def set_arrow_threads() -> None:
     if "arrow" in _THREADS_SET or worker_threads() is None:
         return
     import pyarrow
-    pyarrow.set_cpu_count(_threads_per_task())
-    pyarrow.set_io_thread_count(max(_threads_per_task(), 1))
+    threads = _threads_per_task()
+    pyarrow.set_cpu_count(threads)
+    pyarrow.set_io_thread_count(threads)
     _THREADS_SET.add("arrow")

@@ -135,12 +135,6 @@ def _zarr_array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -
             "zarr_format": 3, "node_type": "array", "storage_transformers": []}
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _create_zarr_array(root: Path, key: str, shape: tuple[int, ...], dtype: Any,
                        chunk_rows: int) -> None:
     """Array metadata at `key` (its old contents removed), with group metadata for every
@@ -150,18 +144,22 @@ def _create_zarr_array(root: Path, key: str, shape: tuple[int, ...], dtype: Any,
         parent = parent / part
         parent.mkdir(exist_ok=True)
         if not (parent / "zarr.json").exists():
-            _write_json(parent / "zarr.json", _GROUP_META)
+            _write_json_atomic(parent / "zarr.json", _GROUP_META, durable=False)
     d = root / key
     d.mkdir()
-    _write_json(d / "zarr.json", _zarr_array_meta(shape, np.dtype(dtype), chunk_rows))
+    _write_json_atomic(d / "zarr.json", _zarr_array_meta(shape, np.dtype(dtype), chunk_rows),
+                       durable=False)
 
 
-def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+def _write_json_atomic(path: Path, obj: dict[str, Any], durable: bool = True) -> None:
+    """tmp + rename; `durable`: fsync first (stage records; not the array metadata of a store
+    being built, which is published or discarded as a whole)."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -182,7 +180,7 @@ class GraphStore:
         p.mkdir(parents=True, exist_ok=True)
         if (p / "zarr.json").exists():
             raise FileExistsError(f"{p}: a store already exists here")
-        _write_json(p / "zarr.json", _GROUP_META)
+        _write_json_atomic(p / "zarr.json", _GROUP_META, durable=False)
         meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "stages": {}}
         meta.update(attrs)
         store = cls(p, _check=False)
