@@ -264,7 +264,8 @@ def worker_threads() -> int | None:
     return int(getattr(state, "nthreads", None) or getattr(w, "nthreads", 1))
 
 
-def _threads_per_task() -> int:
+def task_threads() -> int:
+    """Compute threads per task (LRGI_OOC_TASK_THREADS, default 1)."""
     raw = os.environ.get("LRGI_OOC_TASK_THREADS", "1")
     try:
         return max(1, int(raw))
@@ -281,7 +282,7 @@ def set_torch_threads() -> None:
     if "torch" in _THREADS_SET or worker_threads() is None:
         return
     import torch
-    torch.set_num_threads(_threads_per_task())
+    torch.set_num_threads(task_threads())
     _THREADS_SET.add("torch")
 
 
@@ -290,7 +291,7 @@ def set_numba_threads() -> None:
     if "numba" in _THREADS_SET or worker_threads() is None:
         return
     import numba
-    numba.set_num_threads(min(_threads_per_task(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(task_threads(), numba.config.NUMBA_NUM_THREADS))
     _THREADS_SET.add("numba")
 
 
@@ -300,7 +301,7 @@ def set_arrow_threads() -> None:
     if "arrow" in _THREADS_SET or worker_threads() is None:
         return
     import pyarrow
-    threads = _threads_per_task()
+    threads = task_threads()
     pyarrow.set_cpu_count(threads)
     pyarrow.set_io_thread_count(threads)
     _THREADS_SET.add("arrow")

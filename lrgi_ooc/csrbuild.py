@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from numba import get_num_threads
 
 from . import progress
-from .csrkernels import _minmax, _parts, _route, _rows, _scan
 from .fileio import read_into
 from . import store as store_module
 from .errors import InputError
@@ -56,6 +54,18 @@ class CSRResult:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _numba_threads() -> int:
+    from numba import get_num_threads
+    return get_num_threads()
+
+
+def _kernels():
+    """The numba kernels (`csrkernels`), imported on first use: a Dask client, which only
+    plans, never pays numba's import (about 0.3 s of every `preprocess --scheduler`)."""
+    from . import csrkernels
+    return csrkernels
+
+
 _LIBC: list = []
 
 
@@ -137,6 +147,7 @@ class _Build:
         self.spill: Path | None = None
         self.bufs: dict[str, np.ndarray] = {}
         self.limit = int(memory_limit)
+        self.threads: int | None = None     # threads of the process that sorts (None: this one)
 
     # ------------------------------------------------------------------ sizes and buffers
     @property
@@ -147,7 +158,7 @@ class _Build:
         ptr_chunk = 8 * store_module.chunk_rows_for(max(self.num_nodes, 1) + 1, 8)
         isz = self.out_dt.itemsize
         idx_chunk = isz * store_module.chunk_rows_for(max(self.stored, 1), isz)
-        nt = get_num_threads()
+        nt = self.threads or _numba_threads()
         reserve = (self.hist.nbytes + 2 * self.id_dt.itemsize * _PIECE
                    + nt * ((16 << self.pshift) + isz * _PART_TMP)
                    + ptr_chunk + idx_chunk + max(ptr_chunk, idx_chunk))
@@ -229,7 +240,8 @@ class _Build:
             raise InputError(f"{self.source}: the edge list is empty")
 
     def _add(self, s: np.ndarray, d: np.ndarray) -> None:
-        mn, mx = _minmax(s, d)
+        kern = _kernels()
+        mn, mx = kern._minmax(s, d)
         if mn < 0:
             raise InputError(f"{self.source}: node id {mn} is negative")
         if self.n_given is not None and mx >= self.n_given:
@@ -245,7 +257,7 @@ class _Build:
         self.m += m
         if keep:
             pairs = _empty((m, 2), self.id_dt)
-            self.loops += _scan(s, d, pairs, self.hist, self.shift, self.und, self.drop)
+            self.loops += kern._scan(s, d, pairs, self.hist, self.shift, self.und, self.drop)
             self.held.append(pairs)
             return
         self._spill_held()
@@ -253,8 +265,8 @@ class _Build:
             for i in range(0, m, _PIECE):
                 k = min(_PIECE, m - i)
                 pairs = self._buf("pairs", (k, 2), self.id_dt)
-                self.loops += _scan(s[i:i + k], d[i:i + k], pairs, self.hist, self.shift,
-                                    self.und, self.drop)
+                self.loops += kern._scan(s[i:i + k], d[i:i + k], pairs, self.hist, self.shift,
+                                         self.und, self.drop)
                 f.write(memoryview(pairs.reshape(-1)))
 
     def _spill_held(self) -> None:
@@ -312,8 +324,8 @@ class _Build:
                     progress.bar(self.m, "split edges by range", unit="edges") as pb:
                 for start in range(0, self.m, rows):
                     k = min(rows, self.m - start)
-                    _route(_read_into(f, buf[:k]), self.shift, block_bucket, self.und,
-                           self.drop, bnd, out)
+                    _kernels()._route(_read_into(f, buf[:k]), self.shift, block_bucket,
+                                      self.und, self.drop, bnd, out)
                     for b in np.flatnonzero(np.diff(bnd)):
                         part = memoryview(out[bnd[b]:bnd[b + 1]].reshape(-1))
                         if handles is not None:
@@ -405,19 +417,20 @@ class _Build:
         dl = self._buf("dl", (total,), np.uint16 if ps <= 16 else np.uint32)
         pos = starts[:-1].copy()
         und, drop = (self.und, self.drop) if raw else (False, False)
+        kern = _kernels()
         for p in pieces:
-            _parts(p, lo, ps, und, drop, pos, out, dl)
+            kern._parts(p, lo, ps, und, drop, pos, out, dl)
             pb.update(len(p) * (2 if und else 1))
         if not np.array_equal(pos, starts[1:]):
             raise RuntimeError(f"csrbuild: range [{lo}, {hi}) received {int(pos.sum())} edges, "
                                f"histogram says {total}")
         ip = self._buf("indptr", (hi - lo + 1,), np.int64)
-        nt = get_num_threads()
-        e = _rows(out, dl, starts, ps, hi - lo, self.dedup, ip,
-                  self._buf("cnt", (nt, (1 << ps) + 1), np.int64),
-                  self._buf("nxt", (nt, 1 << ps), np.int64),
-                  self._buf("tmp", (nt, _PART_TMP), self.out_dt),
-                  self._buf("kept", (len(starts) - 1,), np.int64))
+        nt = _numba_threads()
+        e = kern._rows(out, dl, starts, ps, hi - lo, self.dedup, ip,
+                       self._buf("cnt", (nt, (1 << ps) + 1), np.int64),
+                       self._buf("nxt", (nt, 1 << ps), np.int64),
+                       self._buf("tmp", (nt, _PART_TMP), self.out_dt),
+                       self._buf("kept", (len(starts) - 1,), np.int64))
         return out[:e], ip[1:]
 
     def _copy_indices(self, tmp: Path, total: int) -> None:

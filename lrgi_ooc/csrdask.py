@@ -13,7 +13,9 @@ so the CSR is byte-identical:
 4. assemble: one task per output chunk of `csr/indptr` and of `csr/indices`: reads its slice
    of the concatenated ranges and writes that chunk whole (`GraphStore.write_chunk`).
 Every file is written to a temporary name and renamed, and no task deletes an input another
-task may need, so a task that Dask re-runs after a worker died produces the same files.
+task may need, so a task that Dask re-runs after a worker died produces the same files; the
+client deletes a pass's inputs once the whole pass has returned (`seg*` after route, `r*`
+after build), so the work dir holds about two passes' files at a time.
 Memory per task: spill 26 B per edge of a segment; route and build the csrbuild budget
 (`--memory-limit`, per task); assemble one output chunk (about 32 MB).
 """
@@ -28,8 +30,7 @@ import numpy as np
 
 from . import cluster
 from . import store as st
-from .csrbuild import (_PIECE, CSRResult, _Build, _read_into, _return_freed_memory, _route,
-                       _scan)
+from .csrbuild import _PIECE, CSRResult, _Build, _kernels, _read_into, _return_freed_memory
 from .errors import InputError
 from .progress import bar
 
@@ -80,7 +81,7 @@ def _spill_task(spec: _Spec, j: int, s: np.ndarray, d: np.ndarray) -> tuple[np.n
     cluster.set_numba_threads()
     b = spec.build()
     pairs = np.empty((len(s), 2), b.id_dt)
-    loops = _scan(s, d, pairs, b.hist, b.shift, b.und, b.drop)
+    loops = _kernels()._scan(s, d, pairs, b.hist, b.shift, b.und, b.drop)
     _write_atomic(spec.file(f"seg{j}"), pairs)
     return b.hist, int(loops), len(s)
 
@@ -93,12 +94,13 @@ def _spill_part_task(spec: _Spec, j: int, part: Callable[[], Iterator[tuple[np.n
         cluster.set_arrow_threads()
     b = spec.build()
     loops = edges = 0
+    scan = _kernels()._scan
     path = spec.file(f"seg{j}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         for s, d in part():
             pairs = np.empty((len(s), 2), b.id_dt)
-            loops += int(_scan(s, d, pairs, b.hist, b.shift, b.und, b.drop))
+            loops += int(scan(s, d, pairs, b.hist, b.shift, b.und, b.drop))
             edges += len(s)
             f.write(memoryview(pairs.reshape(-1)))
     os.replace(tmp, path)
@@ -120,11 +122,12 @@ def _route_task(spec: _Spec, j: int, bounds: np.ndarray) -> None:
     out = np.empty((rows * (2 if b.und else 1), 2), b.id_dt)
     bnd = np.zeros(nr + 1, np.int64)
     handles: dict[int, Any] = {}
+    route = _kernels()._route
     try:
         with open(seg, "rb") as f:
             for start in range(0, m, rows):
                 k = min(rows, m - start)
-                _route(_read_into(f, buf[:k]), b.shift, block_bucket, b.und, b.drop, bnd, out)
+                route(_read_into(f, buf[:k]), b.shift, block_bucket, b.und, b.drop, bnd, out)
                 for r in np.flatnonzero(np.diff(bnd)):
                     if r not in handles:
                         p = spec.file(f"r{r}-s{j}")
@@ -203,6 +206,7 @@ def build_csr_dask(client: Any, store: st.GraphStore,
     workdir = Path(workdir).resolve()
     b = _Build(store, num_nodes, source, undirected, remove_self_loops, remove_duplicates,
                memory_limit, workdir)
+    b.threads = cluster.task_threads()        # the plan's budget is a worker's, not ours
     spec = _Spec(str(workdir), b.prefix, int(num_nodes), source, b.und, b.drop, b.dedup,
                  int(memory_limit))
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
@@ -211,6 +215,7 @@ def build_csr_dask(client: Any, store: st.GraphStore,
         bounds = b.plan(TASKS_PER_WORKER * workers)
         cluster.run_tasks(client, _route_task, [(spec, j, bounds) for j in range(segments)],
                           "split edges by range", unit="task")
+        _remove(spec, "seg*")
         hist = client.scatter(b.hist, broadcast=True)
         ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
         per = [int(b.hist[lo >> b.shift:-(-hi // (1 << b.shift))].sum()) for lo, hi in ranges]
@@ -218,6 +223,7 @@ def build_csr_dask(client: Any, store: st.GraphStore,
                                  [(spec, k, lo, hi, hist, segments)
                                   for k, (lo, hi) in enumerate(ranges)],
                                  "build CSR", unit="edges", weights=per)
+        _remove(spec, "r*-s*")
         offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
         total = int(offsets[-1])
         store.create_array(st.INDPTR, (b.num_nodes + 1,), np.int64)
@@ -227,12 +233,19 @@ def build_csr_dask(client: Any, store: st.GraphStore,
                  for i in range(store.info(key).num_chunks)]
         cluster.run_tasks(client, _assemble_task, tasks, "write CSR", unit="chunk")
     finally:
-        for p in workdir.glob(f"{spec.prefix}-*"):
-            p.unlink(missing_ok=True)
-        for p in workdir.glob(f".{spec.prefix}-*"):
-            p.unlink(missing_ok=True)
+        _remove(spec, "*")
         b.cleanup()
     return CSRResult(b.num_nodes, total, b.m, b.loops if b.drop else 0, b.stored - total)
+
+
+def _remove(spec: _Spec, pattern: str) -> None:
+    """Delete a pass's input files (and stray temporaries) once every task of the pass has
+    returned and its futures are released, so that Dask can no longer re-run one: freed early,
+    their pages are dropped before the kernel writes them back, and the disk holds one pass's
+    files at a time rather than all of them."""
+    wd = Path(spec.workdir)
+    for p in [*wd.glob(f"{spec.prefix}-{pattern}"), *wd.glob(f".{spec.prefix}-{pattern}")]:
+        p.unlink(missing_ok=True)
 
 
 def _spill(client: Any, spec: _Spec, b: _Build,

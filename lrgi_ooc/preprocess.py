@@ -25,7 +25,7 @@ from .memory import parse_size
 from .progress import bar
 
 FEATURE_DTYPES = ("float32", "float16")
-WORKER_MODULES = ("lrgi_ooc.csrdask",)        # preloaded by local workers (csrbuild, numba)
+WORKER_MODULES = ("lrgi_ooc.csrdask", "lrgi_ooc.csrkernels")   # preloaded by local workers
 
 
 def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
@@ -388,8 +388,7 @@ def run_preprocess(a: argparse.Namespace, client: Any = None) -> int:
             duplicates_removed=res.duplicates_removed,
             feature_dtype=o.feature_dtype.name if ds.features is not None else None,
             num_features=int(ds.features.shape[1]) if ds.features is not None else 0)
-        store.update_meta(**meta)
-        store.mark_stage("preprocess", config)
+        store.mark_stage("preprocess", config, fields=meta)
         st.publish(staging, out, a.overwrite)
     finally:
         if features:                      # failed while they ran

@@ -256,9 +256,12 @@ class GraphStore:
             return False
         return config is None or rec.get("config_hash") == config_hash(config)
 
-    def mark_stage(self, name: str, config: dict[str, Any], **extra: Any) -> None:
-        """Record a stage as complete; call only after all its data is durably written."""
+    def mark_stage(self, name: str, config: dict[str, Any], *, fields: dict[str, Any] | None = None,
+                   **extra: Any) -> None:
+        """Record a stage as complete; call only after all its data is durably written.
+        `fields`: store attributes written in the same (one fsync'd) write."""
         meta = self.meta
+        meta.update(fields or {})
         meta.setdefault("stages", {})[name] = {
             "config": config, "config_hash": config_hash(config), "completed_at": _now(), **extra}
         self._write_meta(meta)

@@ -294,6 +294,31 @@ def test_preprocess_failing_on_dask_leaves_nothing(edge_inputs, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "g.zarr"]
 
 
+def test_dask_build_deletes_each_pass_inputs_once_the_pass_returned(edge_inputs, tmp_path,
+                                                                    monkeypatch, scheduler):
+    # the work dir at the start of each pass holds only what that pass reads: spill segments
+    # are gone once every route task returned, range files once every build task returned
+    import re
+
+    from lrgi_ooc import cluster, csrdask
+    _small_chunks(monkeypatch)
+    seen: dict[str, list[str]] = {}
+    real = cluster.run_tasks
+
+    def spy(client, fn, tasks, desc, **kw):
+        if tasks and isinstance(tasks[0][0], csrdask._Spec):
+            spec = tasks[0][0]
+            names = [p.name[len(spec.prefix) + 1:]
+                     for p in Path(spec.workdir).glob(f"{spec.prefix}-*")]
+            seen[desc] = sorted({re.sub(r"\d+", "", n) for n in names})
+        return real(client, fn, tasks, desc, **kw)
+    monkeypatch.setattr(cluster, "run_tasks", spy)
+    assert main(["preprocess", *edge_inputs["npy"], "--out", str(tmp_path / "g.zarr"),
+                 "--scheduler", scheduler[0]]) == 0
+    assert seen == {"validate edges": [], "split edges by range": ["seg"],
+                    "build CSR": ["r-s"], "write CSR": ["idx", "ptr"]}
+
+
 # ------------------------------------------------------------------ train on a GPU worker
 def test_gpu_task_without_gpu_worker_exits_2_then_runs_on_one(trained, scheduler, tmp_path):
     address, _ = scheduler

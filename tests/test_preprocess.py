@@ -406,6 +406,22 @@ def test_bad_input_in_subprocess_and_no_torch(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_dask_client_side_of_preprocess_does_not_import_numba():
+    # the client only plans the CSR build (histogram, ranges); the kernels run on workers
+    code = ("import sys, lrgi_ooc.cli, lrgi_ooc.preprocess, lrgi_ooc.csrdask, lrgi_ooc.csrbuild\n"
+            "from lrgi_ooc.csrbuild import _Build\n"
+            "import tempfile, numpy as np\n"
+            "b = _Build(None, 1000, 's', True, True, True, 1 << 20, tempfile.mkdtemp())\n"
+            "b.threads = 1; b.m = 10 ** 6; b.hist[:16] = 10 ** 5\n"
+            "assert len(b.plan(8)) > 2\n"
+            "assert 'numba' not in sys.modules, 'numba was imported'\n")
+    from conftest import REPO, cli_env
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
 # --------------------------------------------------------------------------- SIGKILL
 def _big_inputs(d: Path) -> list:
     rng = np.random.default_rng(3)

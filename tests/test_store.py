@@ -80,3 +80,19 @@ def test_metadata_is_what_zarr_writes_and_zarr_reads_the_store(tmp_path):
     np.testing.assert_array_equal(got[8192:], x[8192:])
     s.create_array("deep/er/t", (3,), np.float32)       # re-created: old chunks gone
     np.testing.assert_array_equal(zarr.open_array(str(s.path / "deep/er/t"))[...], np.zeros(3))
+
+
+def test_mark_stage_writes_fields_and_record_in_one_durable_write(tmp_path, monkeypatch):
+    import lrgi_ooc.store as st
+    s = GraphStore.create(tmp_path / "g", {"num_nodes": 3})
+    writes = []
+    real = st._write_json_atomic
+    monkeypatch.setattr(st, "_write_json_atomic",
+                        lambda path, obj, durable=True: (writes.append(durable),
+                                                         real(path, obj, durable)))
+    s.mark_stage("preprocess", {"a": 1}, fields={"num_edges": 7}, seconds=1.5)
+    assert writes == [True]
+    meta = GraphStore(tmp_path / "g").meta
+    assert meta["num_edges"] == 7 and meta["num_nodes"] == 3
+    assert meta["stages"]["preprocess"]["config"] == {"a": 1}
+    assert meta["stages"]["preprocess"]["seconds"] == 1.5
