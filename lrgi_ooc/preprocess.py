@@ -176,12 +176,12 @@ def _check_tables(ds: datasets.Dataset) -> None:
 
 # --------------------------------------------------------------------------- writers
 def _feature_block(blk: np.ndarray, dtype: np.dtype, source: str, row0: int) -> np.ndarray:
-    """Rows converted to the store's dtype; a non-finite or overflowing value is an error."""
+    """Rows converted to the store's dtype (no copy when it already is); a non-finite or
+    overflowing value is an error."""
     with np.errstate(over="ignore", invalid="ignore"):
-        out = blk.astype(dtype)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        r, c = (int(v[0]) for v in np.nonzero(bad))
+        out = blk.astype(dtype, copy=False)
+    if not np.isfinite(out).all():
+        r, c = (int(v[0]) for v in np.nonzero(~np.isfinite(out)))
         how = "is not finite" if not np.isfinite(blk[r, c]) else f"overflows {dtype}"
         raise InputError(f"{source}: value at row {row0 + r}, column {c} {how}")
     return out
