@@ -18,9 +18,11 @@ Steps (each a real CLI run in a fresh subprocess; the commands are printed):
 4. `lrgi-ooc embed --layer 1` once per mode on the same store (its table and stage record are
    removed in between); every table must equal the in-process one to 1e-6.
 Wall = the whole command (interpreter, imports, cluster start); pass = the stage's own seconds
-where the store records them. Before each run: the 1-minute load average, and a control (the
-speed-up of a pure-CPU job on 2 processes over 1 at that moment: the most 2 workers can get;
-on a shared machine with autogroup scheduling it drops towards 1 when other sessions are busy).
+where the store records them. Before each run, outside its time: the other existing clusters
+are frozen (SIGSTOP; resumed for their own runs), `sync` writes the previous runs' output to
+disk, then the 1-minute load average and a control (the speed-up of a pure-CPU job on 2
+processes over 1 at that moment: the most 2 workers can get; on a shared machine with
+autogroup scheduling it drops towards 1 when other sessions are busy).
 """
 from __future__ import annotations
 
@@ -73,12 +75,15 @@ def start_cluster(workers: int, log_dir: Path) -> tuple[str, list[subprocess.Pop
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(   # workers import this checkout
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    # each in its own process group: `pause_cluster` freezes a worker with its nanny's child
     procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port",
                                str(port), "--no-dashboard"], stdout=subprocess.DEVNULL,
-                              stderr=open(log_dir / f"scheduler-{port}.log", "w"), env=env)]
+                              stderr=open(log_dir / f"scheduler-{port}.log", "w"), env=env,
+                              start_new_session=True)]
     procs += [subprocess.Popen([str(DASK), "worker", address, "--nworkers", "1", "--nthreads",
                                 "1", "--no-dashboard"], stdout=subprocess.DEVNULL,
-                               stderr=open(log_dir / f"worker-{port}-{i}.log", "w"), env=env)
+                               stderr=open(log_dir / f"worker-{port}-{i}.log", "w"), env=env,
+                               start_new_session=True)
               for i in range(workers)]
     from distributed import Client
     with Client(address, timeout="60s") as c:
@@ -86,7 +91,21 @@ def start_cluster(workers: int, log_dir: Path) -> tuple[str, list[subprocess.Pop
     return address, procs
 
 
+def pause_cluster(procs: list[subprocess.Popen], pause: bool) -> None:
+    """SIGSTOP / SIGCONT a whole cluster: while other modes run, an idle cluster's heartbeats
+    and memory monitors would take CPU from them (no cluster shares the machine with another
+    in a real deployment); frozen, it keeps its warm imports. Runs between two of its own
+    commands last far less than the scheduler's worker TTL (5 min)."""
+    import signal
+    for p in (procs if not pause else procs[::-1]):      # the scheduler resumes first
+        try:
+            os.killpg(p.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def stop_cluster(procs: list[subprocess.Popen]) -> None:
+    pause_cluster(procs, False)
     for p in procs[1:] + procs[:1]:
         p.terminate()
         try:
@@ -177,16 +196,30 @@ def main() -> None:
             "--feature-dim", a.feature_dim, "--overwrite")
     results: list[dict] = []
     clusters: dict[str, str] = {}
-    procs: list[subprocess.Popen] = []
     try:
         for m in modes:
             if m.startswith("s"):
-                clusters[m], p = start_cluster(int(m[1:]), work / "dask-logs")
-                procs += p
+                clusters[m], _CLUSTERS[m] = start_cluster(int(m[1:]), work / "dask-logs")
+                pause_cluster(_CLUSTERS[m], True)
         run_modes(a, work, inp, modes, order, clusters, results)
     finally:
-        stop_cluster(procs)
+        for procs in _CLUSTERS.values():
+            stop_cluster(procs)
     report(a, results)
+
+
+_CLUSTERS: dict[str, list[subprocess.Popen]] = {}
+
+
+def before_run(mode: str) -> tuple[float, float]:
+    """Outside the timed run: only this mode's cluster awake, the previous runs' written data
+    flushed to disk (else its writeback would land in this run); then the load average and
+    the CPU control."""
+    for m, procs in _CLUSTERS.items():
+        pause_cluster(procs, m != mode)
+    os.sync()
+    time.sleep(1.0)
+    return os.getloadavg()[0], parallel_control()
 
 
 def run_modes(a: argparse.Namespace, work: Path, inp: Path, modes: list[str],
@@ -200,7 +233,7 @@ def run_modes(a: argparse.Namespace, work: Path, inp: Path, modes: list[str],
         out = work / f"graph-{m}.zarr"
         shutil.rmtree(out, ignore_errors=True)      # replacing a store is not preprocessing
         shutil.rmtree(f"{out}.runs", ignore_errors=True)
-        load, control = os.getloadavg()[0], parallel_control()
+        load, control = before_run(m)
         wall, _ = cli("preprocess", "--edges", inp / "edges", "--features", inp / "features.npy",
                       "--labels", inp / "labels.npy", "--undirected", "--out", out,
                       "--overwrite", *mode_args(m, clusters))
@@ -227,7 +260,7 @@ def run_modes(a: argparse.Namespace, work: Path, inp: Path, modes: list[str],
         s.delete("layers/1/embeddings")
         s.clear_stage("embed/1")
         shutil.rmtree(s.run_dir("embed/1"), ignore_errors=True)
-        load, control = os.getloadavg()[0], parallel_control()
+        load, control = before_run(m)
         wall, _ = cli("embed", path, "--layer", 1, *mode_args(m, clusters))
         s = GraphStore(path)
         table = np.array(s.mmap("layers/1/embeddings"))
