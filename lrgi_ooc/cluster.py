@@ -211,8 +211,12 @@ def submit_tasks(client: Any, fn: Callable[..., Any], tasks: Sequence[tuple],
                  priority: int = 0) -> list[Any]:
     """Submit fn(*t) for every t now; collect with `run_tasks(..., futures=...)`. A negative
     priority makes independent tasks fill the workers' idle moments (while the client plans
-    the next pass, the tail of a pass) without delaying tasks submitted later."""
-    return [client.submit(fn, *t, pure=False, priority=priority) for t in tasks]
+    the next pass, the tail of a pass) without delaying tasks submitted later. One
+    `client.map` call: the scheduler receives the pass as one graph update, not one per task
+    (each costs it a few ms of CPU, which a busy worker shares on a small machine)."""
+    if not tasks or not all(tasks):
+        return [client.submit(fn, *t, pure=False, priority=priority) for t in tasks]
+    return client.map(fn, *(list(col) for col in zip(*tasks)), pure=False, priority=priority)
 
 
 def drain_tasks(futures: Sequence[Any]) -> None:

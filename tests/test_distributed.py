@@ -294,6 +294,28 @@ def test_preprocess_failing_on_dask_leaves_nothing(edge_inputs, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "g.zarr"]
 
 
+def test_submit_tasks_sends_a_pass_as_one_graph_update():
+    # one client.map call per pass (one scheduler graph update), arguments column-wise,
+    # futures in task order; a pass of argument-less tasks falls back to submit
+    from lrgi_ooc import cluster
+    calls = []
+
+    class Client:
+        def map(self, fn, *cols, **kw):
+            calls.append(("map", fn, cols, kw))
+            return [f"f{i}" for i in range(len(cols[0]))]
+
+        def submit(self, fn, *args, **kw):
+            calls.append(("submit", fn, args, kw))
+            return "s"
+    assert cluster.submit_tasks(Client(), max, [(1, 2), (3, 4), (5, 6)], priority=-1) == \
+        ["f0", "f1", "f2"]
+    assert calls == [("map", max, ([1, 3, 5], [2, 4, 6]), {"pure": False, "priority": -1})]
+    calls.clear()
+    assert cluster.submit_tasks(Client(), list, [()]) == ["s"] and calls[0][0] == "submit"
+    assert cluster.submit_tasks(Client(), max, []) == []
+
+
 def test_dask_build_deletes_each_pass_inputs_once_the_pass_returned(edge_inputs, tmp_path,
                                                                     monkeypatch, scheduler):
     # the work dir at the start of each pass holds only what that pass reads: spill segments
