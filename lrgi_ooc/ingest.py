@@ -81,6 +81,14 @@ class NpyArray:
                 done += n
                 yield out
 
+    def mapped_items(self, start: int, count: int) -> np.ndarray:
+        """Items [start, start+count) of a plain .npy as a read-only memory map: a Dask task
+        that copies one chunk reads the page cache directly instead of into fresh memory."""
+        if self.member is not None:
+            raise ValueError(f"{self.source}: an .npz member cannot be mapped")
+        return np.memmap(self.path, self.dtype, "r", self.offset + start * self.dtype.itemsize,
+                         (count,))
+
     def iter_rows(self, block_rows: int) -> Iterator[np.ndarray]:
         """Rows along axis 0, C-order arrays only."""
         if self.fortran:

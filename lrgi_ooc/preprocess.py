@@ -193,9 +193,8 @@ def _features_task(store_path: str, arr: ingest.NpyArray, i: int) -> None:
     info = store.info(st.FEATURES)
     s, e = info.chunk_bounds(i)
     f = info.shape[1]
-    blk = next(arr.iter_items(s * f, (e - s) * f, max(1, (e - s) * f)), np.zeros(0, arr.dtype))
-    store.write_chunk(st.FEATURES, i, _feature_block(blk.reshape(e - s, f), info.dtype,
-                                                     arr.source, s))
+    blk = arr.mapped_items(s * f, (e - s) * f).reshape(e - s, f)
+    store.write_chunk(st.FEATURES, i, _feature_block(blk, info.dtype, arr.source, s))
 
 
 def _submit_features(store: st.GraphStore, t: ingest.Table, n: int, o: Options,

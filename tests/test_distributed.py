@@ -294,6 +294,23 @@ def test_preprocess_failing_on_dask_leaves_nothing(edge_inputs, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "g.zarr"]
 
 
+def test_feature_chunk_task_reports_a_non_finite_value(edge_inputs, tmp_path, monkeypatch,
+                                                       scheduler, capsys):
+    # the workers read feature chunks through a memory map of the .npy: a NaN deep in a later
+    # chunk is still a one-line error naming the file, row and column (exit 2)
+    _small_chunks(monkeypatch)
+    args = list(edge_inputs["npy"])
+    x = np.load(args[3])
+    x[20000, 3] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    args[3] = str(tmp_path / "x.npy")
+    assert main(["preprocess", *args, "--out", str(tmp_path / "g.zarr"),
+                 "--scheduler", scheduler[0]]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'x.npy'}: value at row 20000, column 3 is not finite" in err, err
+    assert not (tmp_path / "g.zarr").exists()
+
+
 def test_submit_tasks_sends_a_pass_as_one_graph_update():
     # one client.map call per pass (one scheduler graph update), arguments column-wise,
     # futures in task order; a pass of argument-less tasks falls back to submit
