@@ -16,7 +16,8 @@ Every file is written to a temporary name and renamed, and no task deletes an in
 task may need, so a task that Dask re-runs after a worker died produces the same files; the
 client deletes a pass's inputs once the whole pass has returned (`seg*` after route, `r*`
 after build), so the work dir holds about two passes' files at a time.
-Memory per task: spill 26 B per edge of a segment; route and build the csrbuild budget
+Memory per task: spill the decoded block (8 B per edge with 32-bit ids, 16 with 64-bit)
+plus a reused buffer of 2^20 pairs (8 to 16 MB); route and build the csrbuild budget
 (`--memory-limit`, per task); assemble one output chunk (about 32 MB).
 """
 from __future__ import annotations
@@ -97,12 +98,15 @@ def _spill_part_task(spec: _Spec, j: int, part: Callable[[], Iterator[tuple[np.n
     scan = _kernels()._scan
     path = spec.file(f"seg{j}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    buf = np.empty((_PIECE, 2), b.id_dt)       # reused: fresh memory is slow to touch here
     with open(tmp, "wb") as f:
         for s, d in part():
-            pairs = np.empty((len(s), 2), b.id_dt)
-            loops += int(scan(s, d, pairs, b.hist, b.shift, b.und, b.drop))
+            for a in range(0, len(s), _PIECE):
+                pairs = buf[:min(_PIECE, len(s) - a)]
+                loops += int(scan(s[a:a + len(pairs)], d[a:a + len(pairs)], pairs, b.hist,
+                                  b.shift, b.und, b.drop))
+                f.write(memoryview(pairs.reshape(-1)))
             edges += len(s)
-            f.write(memoryview(pairs.reshape(-1)))
     os.replace(tmp, path)
     return b.hist, loops, edges
 

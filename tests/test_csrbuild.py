@@ -156,3 +156,23 @@ def test_error_after_spill_leaves_no_temp_files(tmp_path):
         build_csr(store, chunked(src, bad, 1000), None, source="edges.npy",
                   memory_limit=1 << 16, workdir=work)
     assert list(work.iterdir()) == []
+
+
+def test_dask_spill_task_in_slices_equals_one_slice(tmp_path, monkeypatch):
+    # a spill task scans each decoded block through a reused buffer of _PIECE pairs: slicing
+    # must not change the segment file, the histogram or the counts
+    from lrgi_ooc import csrdask
+    rng = np.random.default_rng(5)
+    blocks = [(rng.integers(0, 5000, m), rng.integers(0, 5000, m)) for m in (9000, 1, 4001)]
+    blocks[0][1][:30] = blocks[0][0][:30]                      # self loops
+    out = {}
+    for piece in (1 << 20, 7):
+        monkeypatch.setattr(csrdask, "_PIECE", piece)
+        spec = csrdask._Spec(str(tmp_path), f"p{piece}", 5000, "s", True, True, True, 1 << 24)
+        hist, loops, edges = csrdask._spill_part_task(spec, 0, lambda: iter(blocks))
+        out[piece] = (spec.file("seg0").read_bytes(), hist.copy(), loops, edges)
+    (a, ha, la, ea), (b, hb, lb, eb) = out.values()
+    loops = sum(int((s == d).sum()) for s, d in blocks)
+    assert loops >= 30
+    assert a == b and np.array_equal(ha, hb) and (la, ea) == (lb, eb) == (loops, 13002)
+    assert ha.sum() == 2 * (13002 - loops)                     # undirected, loops dropped
