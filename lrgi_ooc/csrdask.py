@@ -245,8 +245,8 @@ def build_csr_dask(client: Any, store: st.GraphStore,
 def _remove(spec: _Spec, pattern: str) -> None:
     """Delete a pass's input files (and stray temporaries) once every task of the pass has
     returned and its futures are released, so that Dask can no longer re-run one: freed early,
-    their pages are dropped before the kernel writes them back, and the disk holds one pass's
-    files at a time rather than all of them."""
+    their pages are dropped before the kernel writes them back, and the disk holds about two
+    passes' files at a time rather than all of them."""
     wd = Path(spec.workdir)
     for p in [*wd.glob(f"{spec.prefix}-{pattern}"), *wd.glob(f".{spec.prefix}-{pattern}")]:
         p.unlink(missing_ok=True)

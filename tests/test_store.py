@@ -90,9 +90,9 @@ def test_mark_stage_writes_fields_and_record_in_one_durable_write(tmp_path, monk
     monkeypatch.setattr(st, "_write_json_atomic",
                         lambda path, obj, durable=True: (writes.append(durable),
                                                          real(path, obj, durable)))
-    s.mark_stage("preprocess", {"a": 1}, fields={"num_edges": 7}, seconds=1.5)
+    s.mark_stage("preprocess", {"a": 1}, fields={"num_edges": 7}, steps=3)
     assert writes == [True]
     meta = GraphStore(tmp_path / "g").meta
     assert meta["num_edges"] == 7 and meta["num_nodes"] == 3
     assert meta["stages"]["preprocess"]["config"] == {"a": 1}
-    assert meta["stages"]["preprocess"]["seconds"] == 1.5
+    assert meta["stages"]["preprocess"]["steps"] == 3
