@@ -322,10 +322,11 @@ class _Build:
         try:
             with open(self.spill, "rb") as f, \
                     progress.bar(self.m, "split edges by range", unit="edges") as pb:
+                route = _kernels()._route
                 for start in range(0, self.m, rows):
                     k = min(rows, self.m - start)
-                    _kernels()._route(_read_into(f, buf[:k]), self.shift, block_bucket,
-                                      self.und, self.drop, bnd, out)
+                    route(_read_into(f, buf[:k]), self.shift, block_bucket, self.und,
+                          self.drop, bnd, out)
                     for b in np.flatnonzero(np.diff(bnd)):
                         part = memoryview(out[bnd[b]:bnd[b + 1]].reshape(-1))
                         if handles is not None:

@@ -195,35 +195,34 @@ def main() -> None:
         cli("synth", "--out", inp, "--nodes", a.nodes, "--avg-degree", a.avg_degree,
             "--feature-dim", a.feature_dim, "--overwrite")
     results: list[dict] = []
-    clusters: dict[str, str] = {}
+    clusters: dict[str, str] = {}                       # mode -> scheduler address
+    procs: dict[str, list[subprocess.Popen]] = {}         # mode -> its processes
     try:
         for m in modes:
             if m.startswith("s"):
-                clusters[m], _CLUSTERS[m] = start_cluster(int(m[1:]), work / "dask-logs")
-                pause_cluster(_CLUSTERS[m], True)
-        run_modes(a, work, inp, modes, order, clusters, results)
+                clusters[m], procs[m] = start_cluster(int(m[1:]), work / "dask-logs")
+                pause_cluster(procs[m], True)
+        run_modes(a, work, inp, modes, order, clusters, procs, results)
     finally:
-        for procs in _CLUSTERS.values():
-            stop_cluster(procs)
+        for p in procs.values():
+            stop_cluster(p)
     report(a, results)
 
 
-_CLUSTERS: dict[str, list[subprocess.Popen]] = {}
-
-
-def before_run(mode: str) -> tuple[float, float]:
+def before_run(mode: str, procs: dict[str, list[subprocess.Popen]]) -> tuple[float, float]:
     """Outside the timed run: only this mode's cluster awake, the previous runs' written data
     flushed to disk (else its writeback would land in this run); then the load average and
     the CPU control."""
-    for m, procs in _CLUSTERS.items():
-        pause_cluster(procs, m != mode)
+    for m, p in procs.items():
+        pause_cluster(p, m != mode)
     os.sync()
     time.sleep(1.0)
     return os.getloadavg()[0], parallel_control()
 
 
 def run_modes(a: argparse.Namespace, work: Path, inp: Path, modes: list[str],
-              order: list[str], clusters: dict[str, str], results: list[dict]) -> None:
+              order: list[str], clusters: dict[str, str],
+              procs: dict[str, list[subprocess.Popen]], results: list[dict]) -> None:
     # preprocess
     dask_pre = has_option("preprocess", "--workers")
     pre_modes = [m for m in modes if m == "inproc" or dask_pre]
@@ -233,7 +232,7 @@ def run_modes(a: argparse.Namespace, work: Path, inp: Path, modes: list[str],
         out = work / f"graph-{m}.zarr"
         shutil.rmtree(out, ignore_errors=True)      # replacing a store is not preprocessing
         shutil.rmtree(f"{out}.runs", ignore_errors=True)
-        load, control = before_run(m)
+        load, control = before_run(m, procs)
         wall, _ = cli("preprocess", "--edges", inp / "edges", "--features", inp / "features.npy",
                       "--labels", inp / "labels.npy", "--undirected", "--out", out,
                       "--overwrite", *mode_args(m, clusters))
@@ -260,7 +259,7 @@ def run_modes(a: argparse.Namespace, work: Path, inp: Path, modes: list[str],
         s.delete("layers/1/embeddings")
         s.clear_stage("embed/1")
         shutil.rmtree(s.run_dir("embed/1"), ignore_errors=True)
-        load, control = before_run(m)
+        load, control = before_run(m, procs)
         wall, _ = cli("embed", path, "--layer", 1, *mode_args(m, clusters))
         s = GraphStore(path)
         table = np.array(s.mmap("layers/1/embeddings"))
