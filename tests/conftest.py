@@ -43,8 +43,8 @@ def cli_run(args: list[str], timeout: float = 300) -> subprocess.CompletedProces
 
 @pytest.fixture
 def run_cli(capsys):
-    """lrgi_ooc.cli.main(args) in this process -> (exit code, stdout, stderr)."""
-    from lrgi_ooc.cli import main
+    """lrgi_ooc.cli.main.main(args) in this process -> (exit code, stdout, stderr)."""
+    from lrgi_ooc.cli.main import main
 
     def run(*args) -> tuple[int, str, str]:
         capsys.readouterr()

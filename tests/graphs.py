@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lrgi_ooc.csrbuild import build_csr
-from lrgi_ooc.store import FEATURES, LABELS, GraphStore
+from lrgi_ooc.csr.build import build_csr
+from lrgi_ooc.store.layout import FEATURES, LABELS, GraphStore
 
 
 def random_edges(n: int, avg_deg: float, seed: int, hubs: int = 0) -> np.ndarray:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrgi_ooc import csrbuild
-from lrgi_ooc.csrbuild import build_csr
-from lrgi_ooc.errors import InputError
-from lrgi_ooc.store import INDICES, INDPTR, GraphStore
+from lrgi_ooc.csr import build as csrbuild
+from lrgi_ooc.csr.build import build_csr
+from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.store.layout import INDICES, INDPTR, GraphStore
 
 
 def reference(src, dst, n, undirected, loops, dups):
@@ -161,7 +161,7 @@ def test_error_after_spill_leaves_no_temp_files(tmp_path):
 def test_dask_spill_task_in_slices_equals_one_slice(tmp_path, monkeypatch):
     # a spill task scans each decoded block through a reused buffer of _PIECE pairs: slicing
     # must not change the segment file, the histogram or the counts
-    from lrgi_ooc import csrdask
+    from lrgi_ooc.csr import tasks as csrdask
     rng = np.random.default_rng(5)
     blocks = [(rng.integers(0, 5000, m), rng.integers(0, 5000, m)) for m in (9000, 1, 4001)]
     blocks[0][1][:30] = blocks[0][0][:30]                      # self loops

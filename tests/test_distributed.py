@@ -16,8 +16,8 @@ import pytest
 
 from conftest import cli_env, cli_popen, cli_run
 from graphs import make_store
-from lrgi_ooc.cli import main
-from lrgi_ooc.store import GraphStore
+from lrgi_ooc.cli.main import main
+from lrgi_ooc.store.layout import GraphStore
 
 pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
@@ -151,7 +151,7 @@ def test_embed_on_scheduler_equals_in_process_weights_cached_per_worker(trained,
     def cached_layers():
         import sys
 
-        from lrgi_ooc import cluster
+        from lrgi_ooc.cluster import tasks as cluster
         return [k[1].layer for k in cluster._CACHE if k[0] == "embed"], "torch" in sys.modules
     with Client(address) as c:
         seen = c.run(cached_layers)
@@ -165,8 +165,8 @@ def test_worker_limits_pyarrow_threads_for_parquet_parts(monkeypatch, tmp_path):
     import pyarrow
     import pyarrow.parquet as pq
 
-    from lrgi_ooc import cluster
-    from lrgi_ooc.edges import open_edges
+    from lrgi_ooc.cluster import tasks as cluster
+    from lrgi_ooc.ingest.edges import open_edges
     pq.write_table(pyarrow.table({"src": np.arange(10), "dst": np.arange(10)[::-1]}),
                    tmp_path / "e.parquet")
     assert [p.decoder for p in open_edges(tmp_path / "e.parquet").parts(None)] == ["pyarrow"]
@@ -232,7 +232,7 @@ def edge_inputs(tmp_path_factory):
 
 def _small_chunks(monkeypatch) -> None:
     # chunks of 4096 rows everywhere: many output chunks (tasks), the grid read by workers
-    import lrgi_ooc.store as st
+    import lrgi_ooc.store.layout as st
     monkeypatch.setattr(st, "TARGET_CHUNK_BYTES", 1)
 
 
@@ -253,12 +253,12 @@ def test_preprocess_on_dask_is_byte_identical(where, fmt, edge_inputs, tmp_path,
                                               request):
     # npy and parquet are read by the workers in parts (several here: 60000 edges per part,
     # parquet row groups of 20000); csv is streamed by the client in segments
-    import lrgi_ooc.edges as edges_mod
+    import lrgi_ooc.ingest.edges as edges_mod
     _small_chunks(monkeypatch)
     monkeypatch.setattr(edges_mod, "PART_EDGES", 60000)
     edge_inputs = edge_inputs[fmt]
     if fmt != "csv":
-        from lrgi_ooc.edges import open_edges
+        from lrgi_ooc.ingest.edges import open_edges
         assert len(open_edges(edge_inputs[1]).parts(None)) == 5
     assert main(["preprocess", *edge_inputs, "--out", str(tmp_path / "ref.zarr")]) == 0
     opts = (["--workers", "2"] if where == "local"
@@ -314,7 +314,7 @@ def test_feature_chunk_task_reports_a_non_finite_value(edge_inputs, tmp_path, mo
 def test_submit_tasks_sends_a_pass_as_one_graph_update():
     # one client.map call per pass (one scheduler graph update), arguments column-wise,
     # futures in task order; a pass of argument-less tasks falls back to submit
-    from lrgi_ooc import cluster
+    from lrgi_ooc.cluster import tasks as cluster
     calls = []
 
     class Client:
@@ -339,7 +339,8 @@ def test_dask_build_deletes_each_pass_inputs_once_the_pass_returned(edge_inputs,
     # are gone once every route task returned, range files once every build task returned
     import re
 
-    from lrgi_ooc import cluster, csrdask
+    from lrgi_ooc.cluster import tasks as cluster
+    from lrgi_ooc.csr import tasks as csrdask
     _small_chunks(monkeypatch)
     seen: dict[str, list[str]] = {}
     real = cluster.run_tasks
@@ -414,7 +415,7 @@ scheduler = '{scheduler[0]}'
 
 # ------------------------------------------------------------------ options and config
 def test_dask_options_and_config_table(tmp_path, run_cli):
-    from lrgi_ooc.pipeline import _dask_settings
+    from lrgi_ooc.stages.pipeline import _dask_settings
     assert _dask_settings({"dask": {"workers": 2}}, "c.toml", None) == {"workers": 2}
     assert _dask_settings({"dask": {"workers": 2}}, "c.toml",
                           {"scheduler": "tcp://h:1", "workers": None}) == {"scheduler": "tcp://h:1"}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from graphs import edge_index_of, make_store
-from lrgi_ooc.embed import block_forward
-from lrgi_ooc.model import LRGIBlock
+from lrgi_ooc.stages.embed import block_forward
+from lrgi_ooc.nn.model import LRGIBlock
 
 
 @pytest.mark.parametrize("max_edges", [1 << 21, 37])
@@ -34,8 +34,8 @@ def test_block_forward_equals_full_graph_gatconv(tmp_path, max_edges):
 
 
 def test_zero_degree_and_self_loops(tmp_path):
-    from lrgi_ooc.csrbuild import build_csr
-    from lrgi_ooc.store import FEATURES, GraphStore
+    from lrgi_ooc.csr.build import build_csr
+    from lrgi_ooc.store.layout import FEATURES, GraphStore
     n = 6
     src = np.array([0, 1, 2, 2, 3])
     dst = np.array([1, 1, 2, 0, 0])          # 2->2 is a self loop; nodes 3,4,5 receive nothing

@@ -1,4 +1,4 @@
-"""The end-to-end baseline: multi-hop sampler (lrgi_ooc.multihop), encoder and train-e2e."""
+"""The end-to-end baseline: multi-hop sampler (lrgi_ooc.sample.multihop), encoder and train-e2e."""
 from __future__ import annotations
 
 import threading
@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from graphs import edge_index_of, make_store
-from lrgi_ooc.config import TrainConfig
-from lrgi_ooc.endtoend import EndToEndEncoder, MultiHopLoader
-from lrgi_ooc.loader import BatchLoader
-from lrgi_ooc.model import LRGILayer, lrgi_loss
-from lrgi_ooc.multihop import MultiHopSampler, depth_fanouts
-from lrgi_ooc.sampler import Batch, OneHopSampler
-from lrgi_ooc.store import GraphStore
-from lrgi_ooc.train import load_weights, train_layer
+from lrgi_ooc.stages.config import TrainConfig
+from lrgi_ooc.stages.endtoend import EndToEndEncoder, MultiHopLoader
+from lrgi_ooc.sample.loader import BatchLoader
+from lrgi_ooc.nn.model import LRGILayer, lrgi_loss
+from lrgi_ooc.sample.multihop import MultiHopSampler, depth_fanouts
+from lrgi_ooc.sample.onehop import Batch, OneHopSampler
+from lrgi_ooc.store.layout import GraphStore
+from lrgi_ooc.nn.trained import load_weights
+from lrgi_ooc.stages.train import train_layer
 from test_model import small_graph
 from test_sampler import check_batch, edge_keys, powerlaw_graph
 

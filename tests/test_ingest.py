@@ -7,8 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
-from lrgi_ooc import datasets, edges, ingest
-from lrgi_ooc.errors import InputError
+from lrgi_ooc.ingest import datasets
+from lrgi_ooc.ingest import edges
+from lrgi_ooc.ingest import tables as ingest
+from lrgi_ooc.base.errors import InputError
 
 
 def _cat(blocks) -> np.ndarray:

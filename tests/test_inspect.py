@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrgi_ooc import inspect as ins
-from lrgi_ooc import store as st
+from lrgi_ooc.stages import inspect as ins
+from lrgi_ooc.store import layout as st
 
 N, E = 300, 3000
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> tuple[Path, dict]:
-    from lrgi_ooc.cli import main
+    from lrgi_ooc.cli.main import main
     d = tmp_path_factory.mktemp("inspect")
     rng = np.random.default_rng(7)
     src, dst = rng.integers(0, N - 20, E), rng.integers(0, N - 20, E)   # last 20: degree 0

@@ -1,4 +1,4 @@
-"""The LRGI block, propagation, predictors and loss (lrgi_ooc.model) against LRGI.md."""
+"""The LRGI block, propagation, predictors and loss (lrgi_ooc.nn.model) against LRGI.md."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn import GATConv
 
-from lrgi_ooc.loader import BatchLoader
-from lrgi_ooc.model import (LRGIBlock, LRGILayer, Predictor, lrgi_loss, propagate,
+from lrgi_ooc.sample.loader import BatchLoader
+from lrgi_ooc.nn.model import (LRGIBlock, LRGILayer, Predictor, lrgi_loss, propagate,
                             propagate_full)
-from lrgi_ooc.sampler import OneHopSampler
+from lrgi_ooc.sample.onehop import OneHopSampler
 from test_sampler import csr_from_edges, powerlaw_graph
 
 torch.set_num_threads(1)

@@ -17,7 +17,7 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import cli_popen, cli_run
-from lrgi_ooc import store as st
+from lrgi_ooc.store import layout as st
 
 SMALL = ["cora", "chameleon", "amazon_photo"]
 
@@ -393,7 +393,7 @@ def test_bad_input_in_subprocess_and_no_torch(tiny, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [
         f"lrgi-ooc preprocess: error: {tiny / 'neg.npy'}: node id -1 is negative"]
-    code = ("import sys; from lrgi_ooc.cli import main\n"
+    code = ("import sys; from lrgi_ooc.cli.main import main\n"
             f"assert main(['preprocess', '--edges', {str(tiny / 'e.npy')!r}, '--features', "
             f"{str(tiny / 'x.npy')!r}, '--out', {str(tmp_path / 'g')!r}]) == 0\n"
             f"assert main(['info', {str(tmp_path / 'g')!r}]) == 0\n"
@@ -408,8 +408,8 @@ def test_bad_input_in_subprocess_and_no_torch(tiny, tmp_path):
 
 def test_dask_client_side_of_preprocess_does_not_import_numba():
     # the client only plans the CSR build (histogram, ranges); the kernels run on workers
-    code = ("import sys, lrgi_ooc.cli, lrgi_ooc.preprocess, lrgi_ooc.csrdask, lrgi_ooc.csrbuild\n"
-            "from lrgi_ooc.csrbuild import _Build\n"
+    code = ("import sys, lrgi_ooc.cli.main, lrgi_ooc.stages.preprocess, lrgi_ooc.csr.tasks, lrgi_ooc.csr.build\n"
+            "from lrgi_ooc.csr.build import _Build\n"
             "import tempfile, numpy as np\n"
             "b = _Build(None, 1000, 's', True, True, True, 1 << 20, tempfile.mkdtemp())\n"
             "b.threads = 1; b.m = 10 ** 6; b.hist[:16] = 10 ** 5\n"
@@ -449,7 +449,7 @@ def _kill_mid_run(args: list, out: Path) -> None:
 
 
 def test_sigkill_leaves_nothing_valid(tmp_path, tiny):
-    from lrgi_ooc.cli import main
+    from lrgi_ooc.cli.main import main
     big = _big_inputs(tmp_path)
     out = tmp_path / "store"
     _kill_mid_run(big, out)

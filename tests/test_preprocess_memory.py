@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_env
-from lrgi_ooc.store import INDICES, INDPTR, GraphStore
+from lrgi_ooc.store.layout import INDICES, INDPTR, GraphStore
 
 LIMIT_MB = 256
 FIXED_OVERHEAD_MB = 200

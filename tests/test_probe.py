@@ -1,4 +1,4 @@
-"""Linear probe and `lrgi-ooc evaluate` (lrgi_ooc/probe.py)."""
+"""Linear probe and `lrgi-ooc evaluate` (lrgi_ooc/stages/evaluate.py)."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lrgi_ooc import cli
-from lrgi_ooc import store as store_mod
-from lrgi_ooc.probe import (_Adam, _counts, _score, evaluate_store, format_table, linear_probe,
+from lrgi_ooc.cli import main as cli
+from lrgi_ooc.store import layout as store_mod
+from lrgi_ooc.stages.evaluate import (_Adam, _counts, _score, evaluate_store, format_table, linear_probe,
                             random_splits, run_probe_table)
-from lrgi_ooc.store import GraphStore
+from lrgi_ooc.store.layout import GraphStore
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

@@ -1,4 +1,4 @@
-"""The streaming sampler (lrgi_ooc.sampler) and the batch loader (lrgi_ooc.loader)."""
+"""The streaming sampler (lrgi_ooc.sample.onehop) and the batch loader (lrgi_ooc.sample.loader)."""
 from __future__ import annotations
 
 import gc
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lrgi_ooc.loader import BatchLoader, gather_rows
-from lrgi_ooc.sampler import OneHopSampler
-from lrgi_ooc.store import FEATURES, GraphStore
+from lrgi_ooc.sample.loader import BatchLoader, gather_rows
+from lrgi_ooc.sample.onehop import OneHopSampler
+from lrgi_ooc.store.layout import FEATURES, GraphStore
 
 
 def csr_from_edges(src: np.ndarray, dst: np.ndarray, n: int,

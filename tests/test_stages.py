@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from graphs import edge_index_of, make_store
-from lrgi_ooc.cli import main
-from lrgi_ooc.store import GraphStore, embeddings_key, train_embeddings_key
-from lrgi_ooc.train import load_weights
+from lrgi_ooc.cli.main import main
+from lrgi_ooc.store.layout import GraphStore, embeddings_key, train_embeddings_key
+from lrgi_ooc.nn.trained import load_weights
 
 SMALL = ["--dim", "16", "--heads", "2", "--batch-size", "64", "--fanout", "4,3"]
 
@@ -103,7 +103,7 @@ def test_embed_runs_without_torch_and_from_a_checkpoint_only(tmp_path):
     # embed reads block.npz (numpy): torch stays out of the process and of Dask workers
     s = make_store(tmp_path / "g.zarr", n=300, feat=8)
     assert main(["train", str(s.path), "--layer", "1", "--steps", "2", *SMALL]) == 0
-    code = ("import sys; from lrgi_ooc.embed import embed_layer; "
+    code = ("import sys; from lrgi_ooc.stages.embed import embed_layer; "
             f"embed_layer({str(s.path)!r}, 1); print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, LRGI_OOC_QUIET="1"))
@@ -174,7 +174,7 @@ def test_inductive_layer_trains_on_training_subgraph(tmp_path):
     # the induced subgraph keeps exactly the edges between training nodes
     ei = edge_index_of(s)
     keep = np.isin(ei[0], train) & np.isin(ei[1], train)
-    from lrgi_ooc.train import graph_for
+    from lrgi_ooc.sample.subgraph import graph_for
     sub_ptr, sub_idx = graph_for(s, True)
     dst = np.repeat(np.arange(s.num_nodes), np.diff(sub_ptr))
     np.testing.assert_array_equal(np.stack([np.asarray(sub_idx), dst]), ei[:, keep])

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import zarr
 
-from lrgi_ooc.store import GraphStore, clean_stale, publish, staging_path
+from lrgi_ooc.store.layout import GraphStore, clean_stale, publish, staging_path
 
 
 def test_stitched_map_equals_zarr_and_missing_chunks_read_zero(tmp_path):
@@ -58,7 +58,7 @@ def test_metadata_is_what_zarr_writes_and_zarr_reads_the_store(tmp_path):
     # text zarr-python writes, and zarr must open the whole store and read every value
     import json
 
-    from lrgi_ooc.store import _zarr_array_meta
+    from lrgi_ooc.store.layout import _zarr_array_meta
     for dt in ("bool", "uint8", "int8", "float16", "float32", "int32", "int64"):
         for shape in ((5,), (5, 3), (0, 7)):
             zarr.create_array(store=str(tmp_path / "ref"), name="a", shape=shape,
@@ -83,7 +83,7 @@ def test_metadata_is_what_zarr_writes_and_zarr_reads_the_store(tmp_path):
 
 
 def test_mark_stage_writes_fields_and_record_in_one_durable_write(tmp_path, monkeypatch):
-    import lrgi_ooc.store as st
+    import lrgi_ooc.store.layout as st
     s = GraphStore.create(tmp_path / "g", {"num_nodes": 3})
     writes = []
     real = st._write_json_atomic

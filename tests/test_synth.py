@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from numba import njit
 
-from lrgi_ooc import cli, synth
+from lrgi_ooc.cli import main as cli
+from lrgi_ooc.ingest import synth
 
 
 def _edges(out: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lrgi_ooc.store import FEATURES, INDICES, INDPTR, GraphStore  # noqa: E402
+from lrgi_ooc.store.layout import FEATURES, INDICES, INDPTR, GraphStore  # noqa: E402
 
 
 def cli(*args: str) -> tuple[float, str]:

@@ -63,8 +63,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from lrgi_ooc.embed import embed_layer
-    from lrgi_ooc.store import GraphStore
+    from lrgi_ooc.stages.embed import embed_layer
+    from lrgi_ooc.store.layout import GraphStore
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

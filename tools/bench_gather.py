@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lrgi_ooc import store as store_module  # noqa: E402
-from lrgi_ooc.store import GraphStore  # noqa: E402
+from lrgi_ooc.store.layout import GraphStore  # noqa: E402
 
 BATCH = 5120
 CHUNK_ROWS = 65536

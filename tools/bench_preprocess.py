@@ -101,7 +101,7 @@ def bench(num_edges: int, limits: list[str], work: Path) -> list[dict]:
                "--out", str(out_dir)] + (["--memory-limit", lim] if lim != "default" else [])
         wall, rss, out = measured(cmd)
         indices = np.load(ref, mmap_mode="r")
-        from lrgi_ooc.store import GraphStore
+        from lrgi_ooc.store.layout import GraphStore
         st = GraphStore(out_dir)
         mine = st.indices()
         same = mine.shape == indices.shape and all(

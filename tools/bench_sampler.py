@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lrgi_ooc.sampler import OneHopSampler                      # noqa: E402
-from lrgi_ooc.store import FEATURES, INDICES, INDPTR, GraphStore  # noqa: E402
+from lrgi_ooc.sample.onehop import OneHopSampler                      # noqa: E402
+from lrgi_ooc.store.layout import FEATURES, INDICES, INDPTR, GraphStore  # noqa: E402
 
 
 def write_graph(store: GraphStore, n: int, m: int, dim: int, seed: int,
@@ -59,7 +59,7 @@ def time_epoch(sampler: OneHopSampler, batches: list[np.ndarray]) -> tuple[float
 
 
 def bench_loader(store: GraphStore, sampler: OneHopSampler, n: int, batches: int) -> str:
-    from lrgi_ooc.loader import BatchLoader
+    from lrgi_ooc.sample.loader import BatchLoader
     table = store.table(0)
     np.add.reduce(table[::64], axis=0)                          # touch: warm-ish cache
     seeds = np.arange(n)

@@ -2,7 +2,7 @@
 
 (a) layer-wise LRGI, training layer L on the [N, 128] table of layer L-1: a one-hop
     [10, 5] sample whatever L; (b) end-to-end training of all L layers at once with
-    `[10] * L + [5]` sampling (lrgi_ooc.endtoend). Same batch size, width, heads, loss.
+    `[10] * L + [5]` sampling (lrgi_ooc.stages.endtoend). Same batch size, width, heads, loss.
 
 Rows: sampled in this process over `--batches` batches. Peak memory: one fresh subprocess
 per configuration running `--steps` training steps (peak RSS via getrusage), watched from
@@ -34,8 +34,8 @@ GB = 1 << 30
 
 
 def make_sampler(store, mode: str, L: int, seed: int):
-    from lrgi_ooc.multihop import MultiHopSampler, depth_fanouts
-    from lrgi_ooc.sampler import OneHopSampler
+    from lrgi_ooc.sample.multihop import MultiHopSampler, depth_fanouts
+    from lrgi_ooc.sample.onehop import OneHopSampler
     indptr, indices = store.indptr(), store.indices()
     if mode == "layerwise":
         return OneHopSampler(indptr, indices, (10, 5), seed=seed)
@@ -68,11 +68,11 @@ def batch_stats(store, mode: str, L: int, batch_size: int, batches: int, seed: i
 # ------------------------------------------------------------------ worker (subprocess)
 def worker(args: argparse.Namespace) -> None:
     import torch
-    from lrgi_ooc.endtoend import EndToEndEncoder, MultiHopLoader
-    from lrgi_ooc.train import train_step
-    from lrgi_ooc.loader import BatchLoader
-    from lrgi_ooc.model import LRGILayer
-    from lrgi_ooc.store import GraphStore
+    from lrgi_ooc.stages.endtoend import EndToEndEncoder, MultiHopLoader
+    from lrgi_ooc.stages.train import train_step
+    from lrgi_ooc.sample.loader import BatchLoader
+    from lrgi_ooc.nn.model import LRGILayer
+    from lrgi_ooc.store.layout import GraphStore
 
     store = GraphStore(args.store)
     table = store.table(0)                     # width 128: stands for table L-1 as well
@@ -161,7 +161,7 @@ def predict(runs: list[dict], row: dict, limit: int) -> str | None:
 
 def experiment(args: argparse.Namespace) -> dict:
     import psutil
-    from lrgi_ooc.store import GraphStore
+    from lrgi_ooc.store.layout import GraphStore
     store = GraphStore(args.store)
     res = {"store": args.store, "num_nodes": store.num_nodes, "num_edges": store.num_edges,
            "batch_size": args.batch_size, "dim": args.dim, "heads": args.heads,

@@ -34,14 +34,14 @@ def mean_pairwise_cosine(store, layer: int, rows: int = 65536) -> float:
 
 
 def preprocess(npz: str, out: Path) -> None:
-    from lrgi_ooc.cli import main
+    from lrgi_ooc.cli.main import main
     rc = main(["preprocess", "--npz", npz, "--out", str(out), "--overwrite"])
     if rc:
         raise SystemExit(f"preprocess failed ({rc})")
 
 
 def measure(store, layers: int, probe_epochs: int) -> list[dict]:
-    from lrgi_ooc.probe import evaluate_store
+    from lrgi_ooc.stages.evaluate import evaluate_store
     out = []
     for l in range(layers + 1):
         r = evaluate_store(store, l, epochs=probe_epochs, num_splits=5, seed=0, device="cpu")
@@ -52,11 +52,11 @@ def measure(store, layers: int, probe_epochs: int) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lrgi_ooc.config import TrainConfig
-    from lrgi_ooc.embed import embed_layer
-    from lrgi_ooc.endtoend import train_e2e
-    from lrgi_ooc.store import GraphStore
-    from lrgi_ooc.train import train_layer
+    from lrgi_ooc.stages.config import TrainConfig
+    from lrgi_ooc.stages.embed import embed_layer
+    from lrgi_ooc.stages.endtoend import train_e2e
+    from lrgi_ooc.store.layout import GraphStore
+    from lrgi_ooc.stages.train import train_layer
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

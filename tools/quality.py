@@ -33,11 +33,11 @@ def cli(*args: str) -> None:
 
 def untrained(store_path: Path, seed: int, num_splits: int) -> list[float]:
     """Probe scores of layers 1..2 of a freshly initialised encoder (default shape)."""
-    from lrgi_ooc.config import TrainConfig
-    from lrgi_ooc.embed import block_forward
-    from lrgi_ooc.probe import evaluate_store
-    from lrgi_ooc.store import GraphStore, embeddings_key
-    from lrgi_ooc.train import build_model
+    from lrgi_ooc.stages.config import TrainConfig
+    from lrgi_ooc.stages.embed import block_forward
+    from lrgi_ooc.stages.evaluate import evaluate_store
+    from lrgi_ooc.store.layout import GraphStore, embeddings_key
+    from lrgi_ooc.stages.train import build_model
 
     s = GraphStore(store_path)
     cfg = TrainConfig(seed=seed)
@@ -62,8 +62,8 @@ def main() -> int:
     ap.add_argument("--num-splits", type=int, default=5)
     ap.add_argument("--out", default="bench-results/quality.json")
     args = ap.parse_args()
-    from lrgi_ooc.probe import evaluate_store
-    from lrgi_ooc.store import GraphStore
+    from lrgi_ooc.stages.evaluate import evaluate_store
+    from lrgi_ooc.store.layout import GraphStore
 
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []

@@ -1,0 +1,184 @@
+"""The public Python API: one function per command, keyword arguments named like its flags.
+
+`lrgi-ooc preprocess --memory-limit 4GB ...` is `lrgi_ooc.preprocess(memory_limit="4GB", ...)`,
+with the same defaults (the CLI reads its defaults from these signatures), the same checks
+and the same one-line messages: bad input raises `lrgi_ooc.InputError`. Each function opens a
+Dask cluster when `workers` / `scheduler` ask for one and calls its stage. Stage modules are
+imported inside the functions, so `import lrgi_ooc` and `preprocess` never load torch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.store.view import StoreView, open_store
+
+PathLike = str | os.PathLike
+TRAIN_OPTIONS = ("dim", "heads", "fanout", "batch_size", "epochs", "steps", "lr",
+                 "weight_decay", "lambdas", "hid", "norm", "warmup", "seed", "inductive",
+                 "checkpoint_every", "device")
+DEFAULT_MAX_EDGES = 1 << 21         # = stages.embed.DEFAULT_MAX_EDGES (tested)
+
+__all__ = ["InputError", "StoreView", "open_store", "preprocess", "synth", "train_layer",
+           "embed_layer", "layer", "train_e2e", "evaluate", "run", "info", "validate"]
+
+
+def preprocess(*, out: PathLike, npz: PathLike | None = None, edges: PathLike | None = None,
+               ogb: str | None = None, ogb_root: PathLike | None = None, src_col: str = "src",
+               dst_col: str = "dst", num_nodes: int | str | None = None,
+               features: PathLike | None = None, labels: PathLike | None = None,
+               train: PathLike | None = None, val: PathLike | None = None,
+               test: PathLike | None = None, undirected: bool = False,
+               keep_self_loops: bool = False, keep_duplicates: bool = False,
+               feature_dtype: str = "float32", memory_limit: str | int = "2GB",
+               overwrite: bool = False, workers: int | None = None,
+               scheduler: str | None = None) -> dict[str, Any]:
+    """Build a store at `out` from an edge list (+ node tables), an .npz or an OGB dataset,
+    within `memory_limit` whatever the edge count; returns its preprocess record."""
+    from lrgi_ooc.stages.preprocess import PreprocessOptions
+    from lrgi_ooc.stages.preprocess import preprocess as stage
+    opts = PreprocessOptions(
+        out=out, npz=npz, edges=edges, ogb=ogb, ogb_root=ogb_root, src_col=src_col,
+        dst_col=dst_col, num_nodes=num_nodes, features=features, labels=labels, train=train,
+        val=val, test=test, undirected=undirected, keep_self_loops=keep_self_loops,
+        keep_duplicates=keep_duplicates, feature_dtype=feature_dtype,
+        memory_limit=memory_limit, overwrite=overwrite)
+    return stage(opts, workers, scheduler)
+
+
+def synth(*, out: PathLike, nodes: int = 100_000, avg_degree: float = 20.0, classes: int = 8,
+          feature_dim: int = 64, homophily: float = 0.8, seed: int = 0,
+          degree_exponent: float = 2.5, max_degree: float | None = None,
+          signal: float | None = None, edges_per_part: int = 1 << 23,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Generate a DC-CSBM graph (Parquet edges, features.npy, labels.npy) of any size;
+    returns its synth.json document (plus `_seconds`)."""
+    from lrgi_ooc.ingest.synth import generate
+    return generate(Path(out), nodes=nodes, avg_degree=avg_degree, classes=classes,
+                    feature_dim=feature_dim, homophily=homophily, seed=seed,
+                    overwrite=overwrite, degree_exponent=degree_exponent,
+                    max_degree=max_degree, signal=signal, edges_per_part=edges_per_part)
+
+
+def _train_config(config: PathLike | None, options: dict[str, Any]) -> Any:
+    from lrgi_ooc.stages.train import train_config
+    return train_config(config, **{k: options[k] for k in TRAIN_OPTIONS})
+
+
+def train_layer(store: PathLike, *, layer: int, config: PathLike | None = None,
+                dim: int | None = None, heads: int | None = None,
+                fanout: str | tuple[int, int] | None = None, batch_size: int | None = None,
+                epochs: int | None = None, steps: int | None = None, lr: float | None = None,
+                weight_decay: float | None = None,
+                lambdas: str | tuple[float, float, float] | None = None,
+                hid: int | None = None, norm: str | None = None, warmup: float | None = None,
+                seed: int | None = None, inductive: bool | None = None,
+                checkpoint_every: int | None = None, device: str | None = None,
+                workers: int | None = None, scheduler: str | None = None,
+                gpu_task: bool | None = None) -> dict[str, Any]:
+    """Train layer L on the table of layer L-1 (resumable); options left None take the
+    config file's value, else the defaults of docs/cli.md. Returns the stage record."""
+    from lrgi_ooc.cluster.tasks import dask_client
+    from lrgi_ooc.stages.train import run_train
+    cfg = _train_config(config, locals())
+    with dask_client(workers, scheduler, gpu=bool(gpu_task)) as client:
+        return run_train(store, layer, cfg, client, bool(gpu_task))
+
+
+def embed_layer(store: PathLike, *, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
+                device: str = "auto", chunk_rows: int | None = None,
+                workers: int | None = None, scheduler: str | None = None) -> dict[str, Any]:
+    """Write layer L's output for every node into the store (resumable, chunk by chunk)."""
+    from lrgi_ooc.cluster.tasks import dask_client
+    from lrgi_ooc.stages.embed import WORKER_MODULES
+    from lrgi_ooc.stages.embed import embed_layer as stage
+    with dask_client(workers, scheduler, preload=WORKER_MODULES) as client:
+        return stage(store, layer, max_edges=max_edges, device=device, client=client,
+                     chunk_rows=chunk_rows)
+
+
+def layer(store: PathLike, *, layer: int, config: PathLike | None = None,
+          dim: int | None = None, heads: int | None = None,
+          fanout: str | tuple[int, int] | None = None, batch_size: int | None = None,
+          epochs: int | None = None, steps: int | None = None, lr: float | None = None,
+          weight_decay: float | None = None,
+          lambdas: str | tuple[float, float, float] | None = None, hid: int | None = None,
+          norm: str | None = None, warmup: float | None = None, seed: int | None = None,
+          inductive: bool | None = None, checkpoint_every: int | None = None,
+          device: str | None = None, max_edges: int | None = None,
+          workers: int | None = None, scheduler: str | None = None,
+          gpu_task: bool | None = None) -> dict[str, Any]:
+    """Train, then embed, layer L on one cluster; returns the embed record."""
+    from lrgi_ooc.cluster.tasks import dask_client
+    from lrgi_ooc.stages.embed import WORKER_MODULES
+    from lrgi_ooc.stages.embed import embed_layer as embed_stage
+    from lrgi_ooc.stages.train import run_train
+    cfg = _train_config(config, locals())
+    with dask_client(workers, scheduler, gpu=bool(gpu_task), preload=WORKER_MODULES) as client:
+        run_train(store, layer, cfg, client, bool(gpu_task))
+        return embed_stage(store, layer, max_edges=max_edges or DEFAULT_MAX_EDGES,
+                           device=cfg.device, client=client)
+
+
+def train_e2e(store: PathLike, *, num_layers: int, config: PathLike | None = None,
+              dim: int | None = None, heads: int | None = None,
+              fanout: str | tuple[int, int] | None = None, batch_size: int | None = None,
+              epochs: int | None = None, steps: int | None = None, lr: float | None = None,
+              weight_decay: float | None = None,
+              lambdas: str | tuple[float, float, float] | None = None,
+              hid: int | None = None, norm: str | None = None, warmup: float | None = None,
+              seed: int | None = None, inductive: bool | None = None,
+              checkpoint_every: int | None = None, device: str | None = None,
+              max_edges: int | None = None) -> dict[str, Any]:
+    """Baseline: train layers 1..L jointly (multi-hop sampling), then embed every layer."""
+    from lrgi_ooc.stages.endtoend import train_e2e as stage
+    return stage(store, num_layers, _train_config(config, locals()), max_edges=max_edges)
+
+
+def evaluate(store: PathLike, *, layer: int, json: PathLike | None = None, num_splits: int = 5,
+             seed: int = 0, epochs: int = 1000, stream: bool | None = None,
+             memory_limit: str | int = "2GB", batch_rows: int = 65536,
+             device: str | None = None) -> dict[str, Any]:
+    """Linear probe of layer L's table (LRGI.md's protocol); `json` also writes the result."""
+    import json as json_mod
+
+    from lrgi_ooc.base.memory import parse_size
+    from lrgi_ooc.stages.evaluate import evaluate_store
+    from lrgi_ooc.store.layout import GraphStore
+    if device is not None and device not in ("cpu", "cuda"):
+        raise InputError(f"--device: must be cpu or cuda, got '{device}'")
+    limit = parse_size(str(memory_limit))
+    res = evaluate_store(GraphStore(store), layer, num_splits=num_splits, seed=seed,
+                         epochs=epochs, stream=stream, memory_limit=limit,
+                         batch_rows=batch_rows, device=device)
+    if json:
+        with open(json, "w") as f:
+            json_mod.dump(res, f, indent=2)
+            f.write("\n")
+    return res
+
+
+def run(config: PathLike | dict[str, Any], *, store: PathLike | None = None,
+        num_layers: int | None = None, workers: int | None = None,
+        scheduler: str | None = None, gpu_task: bool | None = None) -> list[dict[str, Any]]:
+    """A whole pipeline (pipelines/*.toml, or the same document as a dict), resuming:
+    a stage is skipped when nothing that feeds it changed. Returns evaluate's results."""
+    from lrgi_ooc.stages.pipeline import run_pipeline
+    return run_pipeline(config, None if store is None else str(store), num_layers,
+                        {"workers": workers, "scheduler": scheduler, "gpu_task": gpu_task})
+
+
+def info(store: PathLike) -> dict[str, Any]:
+    """Counts, dtypes, degree statistics, labels, splits and completed stages."""
+    from lrgi_ooc.stages.inspect import gather_info
+    from lrgi_ooc.store.layout import GraphStore
+    return gather_info(GraphStore(store))
+
+
+def validate(store: PathLike) -> str | None:
+    """The first broken invariant of the store, or None when it is sound (streamed)."""
+    from lrgi_ooc.stages.inspect import validate as stage
+    from lrgi_ooc.store.layout import GraphStore
+    return stage(GraphStore(store))

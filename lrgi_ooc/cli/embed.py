@@ -1,0 +1,25 @@
+"""`lrgi-ooc embed`: flags -> `lrgi_ooc.api.embed_layer`."""
+from __future__ import annotations
+
+import argparse
+
+from lrgi_ooc import api
+from lrgi_ooc.cli.common import add_dask_options, api_defaults, call
+
+D = api_defaults(api.embed_layer)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--max-edges", type=int, default=D["max_edges"],
+                   help="edges processed at once (bounds memory; default %(default)s)")
+    p.add_argument("--device", default=D["device"], help="auto, cpu or cuda[:N]")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows per output chunk = per task (multiple of 4096; default: ~32 MB)")
+    add_dask_options(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    call(api.embed_layer, args)
+    return 0

@@ -1,0 +1,60 @@
+"""Command-line entry point: `lrgi-ooc <command> ...` (docs/cli.md).
+
+Each command's flags live in a module of this package exposing `add_<command>_arguments`
+(or `add_arguments`) and `main_<command>(args)` (or `main`), which calls `lrgi_ooc.api`;
+modules are imported only when their command runs, so `preprocess` never loads torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lrgi_ooc.base.errors import InputError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preprocess": ("lrgi_ooc.cli.preprocess", "turn edge lists / features / labels / splits into a store"),
+    "info": ("lrgi_ooc.cli.inspect", "print counts, dtypes, degree statistics and completed stages"),
+    "validate": ("lrgi_ooc.cli.inspect", "check a store's invariants (streamed, bounded memory)"),
+    "train": ("lrgi_ooc.cli.train", "train one LRGI layer on the table of the previous layer"),
+    "train-e2e": ("lrgi_ooc.cli.train", "baseline: train L layers jointly (small graphs), embed all"),
+    "embed": ("lrgi_ooc.cli.embed", "write one layer's output for every node into the store"),
+    "layer": ("lrgi_ooc.cli.train", "train, then embed, one layer"),
+    "run": ("lrgi_ooc.cli.run", "run a whole pipeline from a TOML config, resuming"),
+    "evaluate": ("lrgi_ooc.cli.evaluate", "linear-probe evaluation of a layer's embeddings"),
+    "synth": ("lrgi_ooc.cli.synth", "generate a synthetic graph (DC-CSBM) of any size"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lrgi-ooc", description="Out-of-core layer-wise self-supervised node embeddings.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (mod, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == wanted:  # only the chosen command's module is imported
+            m = importlib.import_module(mod)
+            verb = name.replace("-", "_")
+            getattr(m, f"add_{verb}_arguments", getattr(m, "add_arguments", None))(p)
+            p.set_defaults(_entry=getattr(m, f"main_{verb}", getattr(m, "main", None)))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._entry(args) or 0)
+    except InputError as e:
+        print(f"lrgi-ooc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lrgi-ooc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""`lrgi-ooc train`, `layer` and `train-e2e`: flags -> `lrgi_ooc.api` (one TrainConfig each)."""
+from __future__ import annotations
+
+import argparse
+
+from lrgi_ooc import api
+from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.cli.common import add_dask_options, call
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `layer`; every flag maps onto a TrainConfig field."""
+    p.add_argument("store", help="store directory")
+    p.add_argument("--layer", type=int, required=True, help="layer to train (1 = on features)")
+    p.add_argument("--config", help="TOML file with the same keys (its [train] table or top level)")
+    p.add_argument("--dim", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--fanout", help="k_prop,k_conv (default 10,5)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="step budget (instead of --epochs)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lambdas", help="lambda1,lambda2,lambda3 (default 25,10,1)")
+    p.add_argument("--hid", type=int, help="predictor hidden width factor (default 8)")
+    p.add_argument("--norm", choices=["mean", "sym"])
+    p.add_argument("--warmup", type=float, help="warm-up fraction of the steps")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--inductive", action="store_true", default=None,
+                   help="train on the subgraph induced by the training nodes")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+
+
+def add_max_edges(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-edges", type=int, default=None,
+                   help="embed: edges processed at once (bounds memory)")
+
+
+# ------------------------------------------------------------------ train
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_options(p)
+    add_dask_options(p, gpu=True)
+
+
+def main_train(args: argparse.Namespace) -> int:
+    call(api.train_layer, args)
+    return 0
+
+
+# ------------------------------------------------------------------ layer
+def add_layer_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_options(p)
+    add_max_edges(p)
+    add_dask_options(p, gpu=True)
+
+
+def main_layer(args: argparse.Namespace) -> int:
+    call(api.layer, args)
+    return 0
+
+
+# ------------------------------------------------------------------ train-e2e
+def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_options(p)
+    for a in p._actions:                 # train's --layer does not apply: hide it
+        if "--layer" in a.option_strings:
+            a.required, a.help = False, argparse.SUPPRESS
+    p.add_argument("--num-layers", type=int, required=True,
+                   help="layers trained jointly (sampling [k_prop] * L + [k_conv])")
+    add_max_edges(p)
+
+
+def main_train_e2e(args: argparse.Namespace) -> int:
+    if args.layer is not None:
+        raise InputError("--layer: train-e2e trains layers 1..--num-layers jointly")
+    call(api.train_e2e, args)
+    return 0

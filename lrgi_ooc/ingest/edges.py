@@ -1,0 +1,246 @@
+"""Edge lists (NPY / Parquet / CSV) as validated id streams, and as independently readable
+parts that Dask workers read themselves (`EdgeInput.parts`). Table readers live in `ingest`;
+nothing here knows the store layout."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.ingest.tables import (NpyArray, column_numpy, first_line, iter_batches, parquet_files,
+                     parquet_meta, require_file, sniff)
+
+EdgeChunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+def check_ids(a: np.ndarray, source: str, num_nodes: int | None, hint: str = "") -> np.ndarray:
+    """Node ids as a signed integer array (int32 stays int32: no copy of the hot stream), or
+    a one-line InputError naming the first bad id."""
+    if a.dtype.kind not in "iu":
+        raise InputError(f"{source}: node ids must be integers, got {a.dtype}")
+    if a.dtype == np.uint64 and len(a) and a.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{source}: node id {int(a.max())} is too large")
+    if not (a.dtype.kind == "i" and a.dtype.itemsize >= 4):
+        a = a.astype(np.int64)
+    if len(a):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0:
+            raise InputError(f"{source}: node id {lo} is negative")
+        if num_nodes is not None and hi >= num_nodes:
+            raise InputError(f"{source}: node id {hi} is out of range [0, {num_nodes}){hint}")
+    return a
+
+
+@dataclass
+class EdgeInput:
+    """A restartable stream of (src, dst) blocks plus what is known about it cheaply."""
+    source: str
+    raw_chunks: EdgeChunks
+    num_edges: int | None = None
+    max_id_hint: int | None = None   # from Parquet statistics, when every row group has them
+    files: list[Path] = field(default_factory=list)
+    # independent pieces of the same stream (row groups, item ranges), in order, that a task
+    # can read on its own: lets Dask workers read the input in parallel; None = stream only
+    raw_parts: list[EdgeChunks] | None = None
+
+    def chunks(self, num_nodes: int | None, hint: str = "") -> EdgeChunks:
+        return _Checked(self.raw_chunks, self.source, num_nodes, hint)
+
+    def parts(self, num_nodes: int | None, hint: str = "") -> list[EdgeChunks] | None:
+        """The stream as independently readable, validated parts (picklable), or None."""
+        if self.raw_parts is None:
+            return None
+        return [_Checked(p, self.source, num_nodes, hint) for p in self.raw_parts]
+
+    def max_id(self) -> int:
+        """Largest node id: from statistics when present, else one validating read pass."""
+        if self.max_id_hint is not None:
+            return self.max_id_hint
+        from lrgi_ooc.base.progress import bar
+        hi, seen = -1, 0
+        with bar(self.num_edges, f"scanning {Path(self.source).name}", "edges") as pb:
+            for s, d in self.chunks(None)():
+                if len(s):
+                    hi = max(hi, int(s.max()), int(d.max()))
+                seen += len(s)
+                pb.update(len(s))
+        if not seen:
+            raise InputError(f"{self.source}: the edge list is empty")
+        return hi
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A raw (src, dst) stream with every id validated (a class, not a closure: picklable)."""
+    raw: EdgeChunks
+    source: str
+    num_nodes: int | None
+    hint: str
+
+    @property
+    def decoder(self) -> str | None:
+        return getattr(self.raw, "decoder", None)
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for s, d in self.raw():
+            yield (check_ids(s, self.source, self.num_nodes, self.hint),
+                   check_ids(d, self.source, self.num_nodes, self.hint))
+
+
+@dataclass(frozen=True)
+class _NpyPart:
+    """Edges [start, start + count) of an .npy edge array."""
+    arr: NpyArray
+    num_edges: int
+    rows_first: bool
+    start: int
+    count: int
+    chunk: int
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        a, e, n = self.arr, self.num_edges, self.count
+        if self.rows_first:
+            yield from zip(a.iter_items(self.start, n, self.chunk),
+                           a.iter_items(e + self.start, n, self.chunk))
+        else:
+            for blk in a.iter_items(2 * self.start, 2 * n, 2 * self.chunk):
+                pairs = blk.reshape(-1, 2)
+                yield pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+@dataclass(frozen=True)
+class _ParquetPart:
+    """Row groups of one Parquet file."""
+    file: Path
+    row_groups: tuple[int, ...]
+    columns: tuple[str, str]
+    chunk: int
+    decoder = "pyarrow"       # whose thread pool a worker must limit (cluster.set_arrow_threads)
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        src, dst = self.columns
+        for b in iter_batches(self.file, list(self.columns), self.chunk, str(self.file),
+                               self.row_groups):
+            yield (column_numpy(b.column(0), src, str(self.file)),
+                   column_numpy(b.column(1), dst, str(self.file)))
+
+
+PART_EDGES = 1 << 23     # about 8 M edges per part: enough tasks, little per-task overhead
+
+
+def npy_edges(arr: NpyArray, chunk: int) -> EdgeInput:
+    """[2, E] or [E, 2] integer array; Fortran order handled by reading the storage layout."""
+    if len(arr.shape) != 2 or 2 not in arr.shape:
+        raise InputError(f"{arr.source}: edge array must have shape [2, E] or [E, 2], "
+                         f"got {list(arr.shape)}")
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{arr.source}: node ids must be integers, got {arr.dtype}")
+    two_by_e = arr.shape[0] == 2
+    e = arr.shape[1] if two_by_e else arr.shape[0]
+    rows_first = two_by_e != arr.fortran    # storage is [2, E]: all sources, then all dests
+
+    parts = [_NpyPart(arr, e, rows_first, a, min(PART_EDGES, e - a), chunk)
+             for a in range(0, e, PART_EDGES)]
+    return EdgeInput(arr.source, _NpyPart(arr, e, rows_first, 0, e, chunk), num_edges=e,
+                     files=[arr.path], raw_parts=parts)
+
+
+def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
+    import pyarrow as pa
+    source = str(path)
+    files = parquet_files(path, source)
+    rows, hi, stats_ok = 0, -1, True
+    parts: list[EdgeChunks] = []
+    for f in files:
+        meta = parquet_meta(f, source)
+        groups: list[int] = []
+        for g in range(meta.num_row_groups):       # row groups into parts of ~PART_EDGES
+            groups.append(g)
+            if sum(meta.row_group(i).num_rows for i in groups) >= PART_EDGES:
+                parts.append(_ParquetPart(f, tuple(groups), (src, dst), chunk))
+                groups = []
+        if groups:
+            parts.append(_ParquetPart(f, tuple(groups), (src, dst), chunk))
+        schema = meta.schema.to_arrow_schema()
+        for col in (src, dst):
+            if col not in schema.names:
+                raise InputError(f"{f}: no column '{col}' (columns: {', '.join(schema.names)}; "
+                                 "see --src-col/--dst-col)")
+            t = schema.field(col).type
+            if not pa.types.is_integer(t):
+                raise InputError(f"{f}: column '{col}' has type {t}; node ids must be integers")
+        rows += meta.num_rows
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            for i in range(rg.num_columns):
+                c = rg.column(i)
+                if c.path_in_schema in (src, dst):
+                    st = c.statistics
+                    if st is None or not st.has_min_max or st.null_count:
+                        stats_ok = False
+                    elif st.min < 0:
+                        raise InputError(f"{f}: column '{c.path_in_schema}' has negative "
+                                         f"node id {st.min}")
+                    else:
+                        hi = max(hi, int(st.max))
+
+    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for f in files:
+            for b in iter_batches(f, [src, dst], chunk, source):
+                yield (column_numpy(b.column(0), src, source),
+                       column_numpy(b.column(1), dst, source))
+    return EdgeInput(source, gen, num_edges=rows,
+                     max_id_hint=hi if stats_ok and rows else None, files=files,
+                     raw_parts=parts)
+
+
+def csv_edges(path: Path, src: str, dst: str) -> EdgeInput:
+    import pyarrow as pa
+    from pyarrow import csv as pcsv
+    source = str(path)
+
+    def reader():
+        try:
+            stream = pa.input_stream(str(path), compression="detect")
+            return pcsv.open_csv(
+                stream, read_options=pcsv.ReadOptions(block_size=32 << 20),
+                convert_options=pcsv.ConvertOptions(
+                    include_columns=[src, dst],
+                    column_types={src: pa.int64(), dst: pa.int64()}))
+        except Exception as e:
+            msg = first_line(e)
+            if "include_columns" in msg or "not found" in msg.lower():
+                msg = f"needs a header row with columns '{src}' and '{dst}' (see --src-col/--dst-col)"
+            raise InputError(f"{source}: {msg}") from None
+
+    reader().close()     # header and column check now, before any heavy pass
+
+    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        r = reader()
+        while True:
+            try:
+                b = r.read_next_batch()
+            except StopIteration:
+                return
+            except Exception as e:
+                raise InputError(f"{source}: {first_line(e)}") from None
+            yield column_numpy(b.column(0), src, source), column_numpy(b.column(1), dst, source)
+    return EdgeInput(source, gen, files=[Path(path)])
+
+
+def open_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
+               chunk: int = 1 << 22) -> EdgeInput:
+    p = require_file(path, "--edges")
+    kind = sniff(p)
+    if kind == "parquet":
+        return parquet_edges(p, src_col, dst_col, chunk)
+    if kind == "csv":
+        return csv_edges(p, src_col, dst_col)
+    if kind == "npy":
+        return npy_edges(NpyArray(p), chunk)
+    raise InputError(f"--edges {p}: expected Parquet, CSV or .npy (use --npz for datasets)")
+
+

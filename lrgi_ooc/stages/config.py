@@ -1,0 +1,151 @@
+"""Typed, validated configuration: TOML files and CLI flags map onto the same dataclasses.
+
+A stage is skipped only when its configuration (plus the hash of everything upstream) is
+identical to the recorded one, so every field that changes a result must live here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from lrgi_ooc.base.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One LRGI layer's training settings (defaults: docs/cli.md, tuned for graphs in general)."""
+    dim: int = 512
+    heads: int = 4
+    fanout: tuple[int, int] = (10, 5)
+    batch_size: int = 256
+    epochs: typing.Optional[int] = None
+    steps: typing.Optional[int] = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    lambdas: tuple[float, float, float] = (25.0, 10.0, 1.0)
+    hid: int = 8
+    norm: str = "mean"
+    warmup: float = 0.05
+    seed: int = 0
+    inductive: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 10
+    device: str = "auto"
+
+    def validate(self, source: str) -> "TrainConfig":
+        def bad(name: str, why: str) -> InputError:
+            return InputError(f"{source}: {name} {why}")
+        for name in ("dim", "heads", "batch_size", "hid", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be positive")
+        if self.dim % self.heads:
+            raise bad("dim", f"{self.dim} is not divisible by heads {self.heads}")
+        if len(self.fanout) != 2 or min(self.fanout) <= 0:
+            raise bad("fanout", "must be two positive integers k_prop,k_conv (e.g. 10,5)")
+        if len(self.lambdas) != 3 or min(self.lambdas) < 0:
+            raise bad("lambdas", "must be three non-negative numbers (e.g. 25,10,1)")
+        if self.epochs is not None and self.epochs <= 0:
+            raise bad("epochs", "must be positive")
+        if self.steps is not None and self.steps <= 0:
+            raise bad("steps", "must be positive")
+        if not self.lr > 0:
+            raise bad("lr", "must be positive")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if not 0 <= self.warmup < 1:
+            raise bad("warmup", "must be a fraction in [0, 1)")
+        if self.norm not in ("mean", "sym"):
+            raise bad("norm", "must be 'mean' or 'sym'")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise bad("device", "must be auto, cpu or cuda[:N]")
+        return self
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that change the trained weights (not logging or checkpoint cadence)."""
+        d = dataclasses.asdict(self)
+        for k in ("checkpoint_every", "log_every", "device"):
+            d.pop(k)
+        return d
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(v, typing.get_args(tp)[0], where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise InputError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls: type, values: dict[str, Any], source: str, base: Any = None) -> Any:
+    """A dataclass instance from `values` on top of `base` (or defaults); unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = dataclasses.asdict(base) if base is not None else {}
+    for key, value in values.items():
+        k = key.replace("-", "_")
+        if k not in names:
+            raise InputError(f"{source}: unknown key '{key}'")
+        kwargs[k] = _coerce(value, hints[k], f"{source}: {key}")
+    obj = cls(**kwargs)
+    return obj.validate(source) if hasattr(obj, "validate") else obj
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: config file not found")
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{p}: not valid TOML ({e})") from None
+
+
+def check_keys(table: Any, allowed: set[str], source: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise InputError(f"{source}: expected a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise InputError(f"{source}: unknown key '{unknown[0]}' (allowed: "
+                         f"{', '.join(sorted(allowed))})")
+    return table

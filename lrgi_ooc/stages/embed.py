@@ -1,0 +1,316 @@
+"""`lrgi-ooc embed STORE --layer L`: layer L's output for every node, full neighbourhoods.
+
+Work unit = one output chunk of `layers/L/embeddings`, written whole and atomically by one
+writer, so an interrupted run resumes with the chunks not yet on disk and the same function
+runs unchanged as a Dask task. Two passes over that chunk grid: phase 1 projects every
+node once ([h | a_src], the per-node half of GAT, into the transient `projection` arrays);
+phase 2 aggregates each chunk's neighbourhoods from the mapped projection with a compiled
+kernel (`gatkernel`), edges in pieces of at most `max_edges` with an online softmax, so a
+node of any degree fits in bounded memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lrgi_ooc.cluster import tasks as cluster
+from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.nn.blockweights import GATWeights, matmul_t
+from lrgi_ooc.nn.device import device_name
+from lrgi_ooc.nn.trained import load_block, weights_path
+from lrgi_ooc.sample.subgraph import graph_for, seed_nodes
+from lrgi_ooc.store.layout import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_hash,
+                                   embed_stage, embeddings_key, projection_keys,
+                                   train_embeddings_key, train_stage)
+
+DEFAULT_MAX_EDGES = 1 << 21
+WORKER_MODULES = ("lrgi_ooc.stages.embed", "lrgi_ooc.nn.gatkernel")   # preloaded by local workers
+PROGRESS_FILE = "progress.json"
+
+
+# ------------------------------------------------------------------ the computation
+class StoreRows:
+    """Contiguous row ranges of a store array by plain reads (`rows[a:b]`), gathers through
+    the memory map: a streaming pass over a large array then does not grow RSS."""
+
+    def __init__(self, store: GraphStore, key: str):
+        self.store, self.key = store, key
+        self._mm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.store.info(self.key).num_rows
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, slice) and index.step in (None, 1):
+            a, b, _ = index.indices(len(self))
+            return self.store.read_rows(self.key, a, b)
+        if self._mm is None:
+            self._mm = self.store.mmap(self.key)
+        return self._mm[index]
+
+
+def segment_edges(indptr: np.ndarray, targets: np.ndarray, p0: int, p1: int,
+                  cum: np.ndarray) -> np.ndarray:
+    """Positions in `indices` of edges [p0, p1) of the concatenated in-neighbour lists of
+    `targets` (cum = their running degree sum)."""
+    pos = np.arange(p0, p1, dtype=np.int64)
+    tl = np.searchsorted(cum, pos, side="right") - 1
+    return pos - cum[tl] + indptr[targets[tl]]
+
+
+def project_rows(w: GATWeights, x: np.ndarray, device: str = "cpu"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(h, a_src): the projected input [R, H * C] and its source attention logits [R, H],
+    the per-node half of GAT, computed once per node instead of once per edge."""
+    H, C = w.att_src.shape
+    h = matmul_t(x, w.lin, device)
+    a_src = np.einsum("rhc,hc->rh", h.reshape(-1, H, C), w.att_src)
+    return h, np.ascontiguousarray(a_src, dtype=np.float32)
+
+
+def _contiguous(targets: np.ndarray) -> bool:
+    return len(targets) > 0 and int(targets[-1]) - int(targets[0]) == len(targets) - 1 \
+        and bool(np.all(np.diff(targets) == 1))
+
+
+def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, indices: Any,
+              targets: np.ndarray, x_targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
+              device: str = "cpu") -> np.ndarray:
+    """ELU(GATConv(x)[targets] + skip(x_targets)) from the projections (h, a_src) of all nodes.
+
+    Same semantics as PyG GATConv on the whole graph (existing self-loops replaced by one
+    per node). Edges are read `max_edges` at a time and folded into a running softmax, so a
+    node of any degree fits in bounded memory; contiguous targets read their edges as one
+    slice (`indices[a:b]`), others gather them."""
+    from lrgi_ooc.nn import gatkernel
+
+    H, C = w.att_src.shape
+    slope = np.float32(w.negative_slope)
+    h, a_src = (p.view(np.ndarray) if isinstance(p, np.memmap) else p for p in proj)
+    targets = np.asarray(targets, dtype=np.int64)
+    R = len(targets)
+    m = np.empty((R, H), np.float32)
+    s = np.empty((R, H), np.float32)
+    a_dst = np.empty((R, H), np.float32)
+    acc = np.empty((R, H * C), np.float32)
+    att_dst = w.att_dst
+    gatkernel.init_state(h, a_src, att_dst, targets, slope, a_dst, m, s, acc)
+    deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
+    cum = np.zeros(R + 1, dtype=np.int64)
+    np.cumsum(deg, out=cum[1:])
+    contiguous = _contiguous(targets)
+    logits = np.empty((min(max_edges, int(cum[-1])), H), np.float32)
+    for q0 in range(0, int(cum[-1]), max_edges):
+        q1 = min(q0 + max_edges, int(cum[-1]))
+        if contiguous:
+            base = int(indptr[targets[0]])
+            src = np.asarray(indices[base + q0:base + q1])
+        else:
+            src = np.asarray(indices[segment_edges(indptr, targets, q0, q1, cum)])
+        r0 = int(np.searchsorted(cum, q0, side="right")) - 1
+        r1 = int(np.searchsorted(cum, q1, side="left"))
+        starts = np.clip(cum[r0:r1] - q0, 0, q1 - q0)
+        ends = np.clip(cum[r0 + 1:r1 + 1] - q0, 0, q1 - q0)
+        gatkernel.accumulate(h, a_src, targets[r0:r1], src, starts, ends, a_dst[r0:r1],
+                             slope, m[r0:r1], s[r0:r1], acc[r0:r1], logits)
+    skip = matmul_t(x_targets, w.skip, device)
+    out = np.empty_like(acc)
+    gatkernel.finish(s, acc, w.bias, skip, out)
+    return out
+
+
+def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                  targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
+                  device: str = "cpu") -> np.ndarray:
+    """The block's full-neighbourhood output for `targets` of an in-memory graph."""
+    w = GATWeights.from_block(block)
+    targets = np.asarray(targets, dtype=np.int64)
+    proj = project_rows(w, np.asarray(table), device)
+    return aggregate(w, proj, indptr, indices, targets, np.asarray(table)[targets],
+                     max_edges, device)
+
+
+# ------------------------------------------------------------------ the stage
+def embed_config(store: GraphStore, layer: int) -> dict[str, Any]:
+    rec = store.stage_record(train_stage(layer))
+    if rec is None:
+        raise InputError(f"{store.path}: layer {layer} is not trained; run "
+                         f"`lrgi-ooc train {store.path} --layer {layer}` first")
+    return {"layer": int(layer), "train": rec["config_hash"]}
+
+
+def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int,
+                   heads: int, train_rows: int | None = None,
+                   chunk_rows: int | None = None) -> Path:
+    """Create (or keep, when resuming the same configuration) the output arrays: the table,
+    with `train_rows` the inductive table of the training nodes, and the transient projection
+    (on the table's chunk grid, so projection chunk i and output chunk i cover the same rows)."""
+    run = store.run_dir(embed_stage(layer))
+    prog = run / PROGRESS_FILE
+    chash = config_hash(conf)
+    resuming = prog.exists() and json.loads(prog.read_text()).get("config_hash") == chash
+    keys = [embeddings_key(layer), *projection_keys(layer)]
+    if train_rows is not None:
+        keys.append(train_embeddings_key(layer))
+    if not (resuming and all(store.has(k) for k in keys)):
+        info = store.create_array(embeddings_key(layer), (store.num_nodes, dim), np.float32,
+                                  chunk_rows)
+        for key, width in zip(projection_keys(layer), (dim, heads)):
+            store.create_array(key, (store.num_nodes, width), np.float32, info.chunk_rows)
+        if train_rows is not None:
+            store.create_array(train_embeddings_key(layer), (train_rows, dim), np.float32,
+                               chunk_rows)
+        tmp = prog.with_name(prog.name + ".tmp")
+        tmp.write_text(json.dumps({"config_hash": chash}))
+        os.replace(tmp, prog)
+    return run
+
+
+def pending_chunks(store: GraphStore, key: str) -> list[int]:
+    store.remove_stale_partials(key)
+    info = store.info(key)
+    return [i for i in range(info.num_chunks) if not store.chunk_written(key, i)]
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    """What a chunk task needs to find its inputs on a worker (small: shipped with each task)."""
+    store: str               # absolute path, the same on every worker
+    layer: int
+    max_edges: int
+    device: str
+    inductive: bool
+    stamp: tuple             # store dir and weights file (inode, mtime): the worker cache key
+
+
+def _context(spec: EmbedSpec) -> dict[str, Any]:
+    """Block and input table of a layer: loaded once per worker process."""
+    def make() -> dict[str, Any]:
+        store = GraphStore(spec.store)
+        device = device_name(spec.device)
+        if device != "cpu":                  # only then does the stage use torch
+            cluster.set_torch_threads()
+        return {"store": store, "weights": load_block(store, spec.layer)[0], "device": device,
+                "table": StoreRows(store, store.table_key(spec.layer - 1))}
+    return cluster.worker_cached(("embed", spec), make)
+
+
+def _graphs(spec: EmbedSpec) -> dict[str, Any]:
+    """The projection (mapped only once it is complete) and the CSR each output reads."""
+    def make() -> dict[str, Any]:
+        store = GraphStore(spec.store)
+        g = {"proj": tuple(store.mmap(k) for k in projection_keys(spec.layer)),
+             embeddings_key(spec.layer): (store.indptr(), StoreRows(store, INDICES), None)}
+        if spec.inductive:
+            g[train_embeddings_key(spec.layer)] = (*graph_for(store, True),
+                                                   seed_nodes(store, True))
+        return g
+    store = _context(spec)["store"]
+    stamp = cluster.file_stamp(store.path / projection_keys(spec.layer)[0] / "zarr.json")
+    return cluster.worker_cached(("embed-graphs", spec, stamp), make)
+
+
+def project_task(spec: EmbedSpec, i: int) -> int:
+    """Phase 1 task: projection chunk i (every node's [h | a_src], once); returns its rows.
+
+    Memory: chunk_rows * (12 F + 16 H C + 8 H) bytes beside the weights (the matmul runs in
+    float64)."""
+    ctx = _context(spec)
+    store, keys = ctx["store"], projection_keys(spec.layer)
+    a, b = store.info(keys[0]).chunk_bounds(i)
+    h, a_src = project_rows(ctx["weights"], ctx["table"][a:b], ctx["device"])
+    store.write_chunk(keys[1], i, a_src)     # the chunk of keys[0] marks the task done
+    store.write_chunk(keys[0], i, h)
+    return b - a
+
+
+def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
+    """Phase 2 task: compute and write output chunk i of `key`; returns the edges it read.
+
+    Memory: the mapped projection (N (H C + H) 4 bytes, shared by the tasks of a machine
+    through the page cache), one piece of at most `max_edges` edge ids, and
+    chunk_rows * (12 F + 32 D) bytes of per-target state and output."""
+    cluster.set_numba_threads()
+    ctx = _context(spec)
+    g = _graphs(spec)
+    indptr, indices, targets = g[key]
+    store = ctx["store"]
+    a, b = store.info(key).chunk_bounds(i)
+    ids = np.arange(a, b, dtype=np.int64) if targets is None else targets[a:b]
+    x = ctx["table"][a:b] if targets is None else ctx["table"][ids]
+    out = aggregate(ctx["weights"], g["proj"], indptr, indices, ids, x, spec.max_edges,
+                    ctx["device"])
+    store.write_chunk(key, i, out)
+    return int(indptr[ids + 1].sum() - indptr[ids].sum()) if len(ids) else 0
+
+
+def _drop_projection(store: GraphStore, layer: int) -> None:
+    for key in projection_keys(layer):
+        store.delete(key)
+
+
+def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
+                device: str = "auto", client: Any = None,
+                chunk_rows: int | None = None) -> dict[str, Any]:
+    """Write layer L's table; chunk tasks run in-process (client None) or on a Dask client.
+
+    Two passes over the output chunk grid: project every node once (phase 1), then aggregate
+    each node's neighbourhood from the projection (phase 2). `chunk_rows` (a multiple of
+    4096, used when the table is created) sets the task size; by default the store picks
+    about 32 MB chunks. The task plan is the chunk grid minus the chunks already on disk, so
+    a run killed at any point (client or worker) resumes with the chunks not yet written."""
+    store = GraphStore(Path(store_path).resolve())
+    stage = embed_stage(layer)
+    conf = embed_config(store, layer)
+    if store.stage_complete(stage, conf) and store.has(embeddings_key(layer)):
+        _drop_projection(store, layer)
+        print(f"layer {layer}: embeddings already written with this configuration (skipping)")
+        return store.stage_record(stage)
+    if max_edges <= 0:
+        raise InputError(f"--max-edges: must be positive, got {max_edges}")
+    store.clear_stage(stage)
+    meta = load_block(store, layer)[1]
+    width = store.info(store.table_key(layer - 1)).shape[1]
+    if width != meta["in_dim"]:
+        raise InputError(f"{store.path}: layer {layer} was trained on width {meta['in_dim']} "
+                         f"but its input table has width {width}")
+    dim, heads, inductive = meta["dim"], meta["heads"], bool(meta["inductive"])
+    keys = [embeddings_key(layer)] + ([train_embeddings_key(layer)] if inductive else [])
+    train_rows = len(seed_nodes(store, True)) if inductive else None
+    if chunk_rows is not None and (chunk_rows <= 0 or chunk_rows % MIN_CHUNK_ROWS):
+        raise InputError(f"--chunk-rows: must be a positive multiple of {MIN_CHUNK_ROWS}, "
+                         f"got {chunk_rows}")
+    prepare_output(store, layer, conf, dim, heads, train_rows, chunk_rows)
+    weights = weights_path(store, layer)
+    spec = EmbedSpec(str(store.path), int(layer), int(max_edges), str(device), inductive,
+                     (cluster.file_stamp(store.path), cluster.file_stamp(weights)))
+    t0 = time.time()
+    todo = {key: pending_chunks(store, key) for key in keys}
+    if any(todo.values()):
+        pkey = projection_keys(layer)[0]
+        info = store.info(pkey)
+        chunks = pending_chunks(store, pkey)
+        rows = [int(np.diff(info.chunk_bounds(i))[0]) for i in chunks]
+        cluster.run_tasks(client, project_task, [(spec, i) for i in chunks],
+                          f"project layer {layer}", unit="node", weights=rows,
+                          total=info.num_rows, initial=info.num_rows - sum(rows))
+    edges = 0
+    for key in keys:
+        info = store.info(key)
+        rows = [int(np.diff(info.chunk_bounds(i))[0]) for i in todo[key]]
+        done = cluster.run_tasks(client, embed_task, [(spec, key, i) for i in todo[key]],
+                                 f"embed layer {layer}", unit="node", weights=rows,
+                                 total=info.num_rows, initial=info.num_rows - sum(rows))
+        edges += sum(done)
+    if client is None:
+        cluster.clear_cache()
+    secs = time.time() - t0
+    store.mark_stage(stage, conf, seconds=round(secs, 2), edges=int(edges))
+    _drop_projection(store, layer)
+    return store.stage_record(stage)
