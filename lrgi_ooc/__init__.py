@@ -15,7 +15,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = ["InputError", "StoreView", "open_store", "preprocess", "synth", "train_layer",
-           "embed_layer", "layer", "train_e2e", "evaluate", "run", "info", "validate"]
+           "embed_layer", "layer", "train_e2e", "evaluate", "run", "info", "validate",
+           "export", "encode", "report", "load_encoder"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:

@@ -22,7 +22,8 @@ TRAIN_OPTIONS = ("dim", "heads", "fanout", "batch_size", "epochs", "steps", "lr"
 DEFAULT_MAX_EDGES = 1 << 21         # = stages.embed.DEFAULT_MAX_EDGES (tested)
 
 __all__ = ["InputError", "StoreView", "open_store", "preprocess", "synth", "train_layer",
-           "embed_layer", "layer", "train_e2e", "evaluate", "run", "info", "validate"]
+           "embed_layer", "layer", "train_e2e", "evaluate", "run", "info", "validate",
+           "export", "encode", "report", "load_encoder"]
 
 
 def preprocess(*, out: PathLike, npz: PathLike | None = None, edges: PathLike | None = None,
@@ -182,3 +183,38 @@ def validate(store: PathLike) -> str | None:
     from lrgi_ooc.stages.inspect import validate as stage
     from lrgi_ooc.store.layout import GraphStore
     return stage(GraphStore(store))
+
+
+def export(store: PathLike, *, layer: int, out: PathLike, nodes: PathLike | None = None,
+           dtype: str = "float32", wide: bool = False,
+           overwrite: bool = False) -> dict[str, Any]:
+    """Write layer L's table (layer 0: the features) to Parquet, .npy or CSV, chosen by the
+    suffix of `out`, streamed in bounded memory; `nodes`: an .npy of node ids to export."""
+    from lrgi_ooc.converters.export import export_table
+    return export_table(store, layer, out, nodes=nodes, dtype=dtype, wide=wide,
+                        overwrite=overwrite)
+
+
+def encode(model: PathLike, target: PathLike, *, layers: str | None = None,
+           max_edges: int = DEFAULT_MAX_EDGES, device: str = "auto",
+           workers: int | None = None, scheduler: str | None = None) -> list[dict[str, Any]]:
+    """Apply the trained layers of store `model` to the preprocessed graph `target` (same
+    feature width): writes the target's layer tables 1..L without training, resumable."""
+    from lrgi_ooc.cluster.tasks import dask_client
+    from lrgi_ooc.stages.embed import WORKER_MODULES
+    from lrgi_ooc.stages.encode import encode_store
+    with dask_client(workers, scheduler, preload=WORKER_MODULES) as client:
+        return encode_store(model, target, layers=layers, max_edges=max_edges, device=device,
+                            client=client)
+
+
+def report(store: PathLike, *, out: PathLike) -> Path:
+    """A static HTML page with PNG figures of what training did; returns index.html's path."""
+    from lrgi_ooc.stages.report import write_report
+    return write_report(store, out)
+
+
+def load_encoder(store: PathLike, layers: list[int] | None = None) -> Any:
+    """The trained layers as a `torch.nn.Module` of PyG `GATConv`s: `forward(x, edge_index)`."""
+    from lrgi_ooc.pyg.encoder import load_encoder as load
+    return load(store, layers)

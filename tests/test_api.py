@@ -29,6 +29,9 @@ COMMANDS = {   # command -> (API function, minimal argv after the command name)
     "run": (lrgi_ooc.run, ["c.toml"]),
     "info": (lrgi_ooc.info, ["s"]),
     "validate": (lrgi_ooc.validate, ["s"]),
+    "export": (lrgi_ooc.export, ["s", "--layer", "1", "--out", "o.parquet"]),
+    "encode": (lrgi_ooc.encode, ["m", "t"]),
+    "report": (lrgi_ooc.report, ["s", "--out", "r"]),
 }
 
 CLI_ONLY = {"info": {"json"},          # text or JSON on stdout: presentation, not an option
@@ -58,6 +61,7 @@ def _attrs(root: Path) -> dict:
     a["provenance"].pop("created_at")
     for rec in a["stages"].values():
         rec.pop("completed_at")
+        rec.pop("peak_rss_mb")
     return a
 
 
@@ -91,7 +95,7 @@ def test_api_and_cli_build_identical_stores(graph_files, tmp_path, capsys):
                               labels=f["labels"], undirected=True, memory_limit="1MB",
                               out=tmp_path / "api.zarr")
     a, b = tmp_path / "cli.zarr", tmp_path / "api.zarr"
-    assert rec == GraphStore(b).stage_record("preprocess")
+    assert rec == GraphStore(b).stage_record("preprocess") and rec["peak_rss_mb"] > 0
     assert _files(a) == _files(b) and len(_files(a)) > 5
     assert _attrs(a) == _attrs(b)
 

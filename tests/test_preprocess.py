@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from conftest import cli_popen, cli_run
 from lrgi_ooc.store import layout as st
+from lrgi_ooc.store.publish import staging_path
 
 SMALL = ["cora", "chameleon", "amazon_photo"]
 
@@ -434,7 +435,7 @@ def _big_inputs(d: Path) -> list:
 def _kill_mid_run(args: list, out: Path) -> None:
     """Start preprocess, wait until it is building in its staging directory, kill -9 it."""
     p = cli_popen(["preprocess", *args, "--out", out])
-    staging = out.parent / (st.staging_path(out).name.rsplit("-", 1)[0] + f"-{p.pid}")
+    staging = out.parent / (staging_path(out).name.rsplit("-", 1)[0] + f"-{p.pid}")
     deadline = time.monotonic() + 120
     while not staging.exists():
         assert p.poll() is None, p.communicate()

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import zarr
 
-from lrgi_ooc.store.layout import GraphStore, clean_stale, publish, staging_path
+from lrgi_ooc.store.layout import GraphStore
+from lrgi_ooc.store.publish import clean_stale, publish, staging_path
 
 
 def test_stitched_map_equals_zarr_and_missing_chunks_read_zero(tmp_path):

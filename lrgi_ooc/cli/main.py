@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lrgi_ooc.cli.run", "run a whole pipeline from a TOML config, resuming"),
     "evaluate": ("lrgi_ooc.cli.evaluate", "linear-probe evaluation of a layer's embeddings"),
     "synth": ("lrgi_ooc.cli.synth", "generate a synthetic graph (DC-CSBM) of any size"),
+    "export": ("lrgi_ooc.cli.export", "write a layer's embeddings to Parquet, .npy or CSV"),
+    "encode": ("lrgi_ooc.cli.encode", "apply one store's trained layers to another graph"),
+    "report": ("lrgi_ooc.cli.report", "write an HTML report with figures of a store's training"),
 }
 
 

@@ -23,6 +23,7 @@ from lrgi_ooc.ingest import datasets
 from lrgi_ooc.ingest import edges
 from lrgi_ooc.ingest import tables as ingest
 from lrgi_ooc.store import layout as st
+from lrgi_ooc.store import publish
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.base.memory import parse_size
 from lrgi_ooc.base.progress import bar
@@ -363,7 +364,7 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
     feature copy run as tasks. Returns the new store's preprocess record."""
     o = _options(a)
     out = o.out
-    st.clean_stale(out)
+    publish.clean_stale(out)
     if out.exists() and not a.overwrite:
         raise InputError(f"--out {out}: output exists (use --overwrite to replace it)")
     ds = _open(a, o)
@@ -372,7 +373,7 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
     n, why = _resolve_nodes(ds, o)
     hint = "" if why in ("max id + 1", "--num-nodes") else f" (N from {why}; see --num-nodes)"
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging, work = st.staging_path(out), st.work_path(out)
+    staging, work = publish.staging_path(out), publish.work_path(out)
     config = {"inputs": [str(p) for p in ds.files], "ogb": a.ogb, "undirected": a.undirected,
               "keep_self_loops": a.keep_self_loops, "keep_duplicates": a.keep_duplicates,
               "feature_dtype": o.feature_dtype.name, "num_nodes": n,
@@ -409,7 +410,7 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
             feature_dtype=o.feature_dtype.name if ds.features is not None else None,
             num_features=int(ds.features.shape[1]) if ds.features is not None else 0)
         store.mark_stage("preprocess", config, fields=meta)
-        st.publish(staging, out, a.overwrite)
+        publish.publish(staging, out, a.overwrite)
     finally:
         if features:                      # failed while they ran
             cluster.drain_tasks(features)

@@ -1,6 +1,6 @@
 """The store on disk: the only code that spells a Zarr key or a chunk path.
 
-`layout` (keys, arrays, chunk files, stage records, staging and publishing), `chunkmap`
-(memory maps over chunk files), `fileio` (exact reads), `view` (the read-only view users
-get from `lrgi_ooc.open_store`). Must not import anything above `base`.
+`layout` (keys, arrays, chunk files, stage records), `publish` (staging a new store and
+moving it into place), `chunkmap` (memory maps over chunk files), `fileio` (exact reads),
+`view` (the read-only view users get from `lrgi_ooc.open_store`). Must not import anything above `base`.
 """

@@ -21,6 +21,7 @@ import numpy as np
 
 from lrgi_ooc.store import chunkmap
 from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.memory import peak_rss_bytes
 
 FORMAT_NAME = "lrgi-ooc"
 FORMAT_VERSION = 1
@@ -173,6 +174,17 @@ def _write_json_atomic(path: Path, obj: dict[str, Any], durable: bool = True) ->
     os.replace(tmp, path)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a writer's temporary files are then not stale)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class GraphStore:
     """A graph store on local disk (or a shared filesystem)."""
 
@@ -269,11 +281,13 @@ class GraphStore:
     def mark_stage(self, name: str, config: dict[str, Any], *, fields: dict[str, Any] | None = None,
                    **extra: Any) -> None:
         """Record a stage as complete; call only after all its data is durably written.
-        `fields`: store attributes written in the same (one fsync'd) write."""
+        `fields`: store attributes written in the same (one fsync'd) write. The record
+        carries this process's peak RSS so far (`peak_rss_mb`; Dask workers not included)."""
         meta = self.meta
         meta.update(fields or {})
         meta.setdefault("stages", {})[name] = {
-            "config": config, "config_hash": config_hash(config), "completed_at": _now(), **extra}
+            "config": config, "config_hash": config_hash(config), "completed_at": _now(),
+            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1), **extra}
         self._write_meta(meta)
 
     def clear_stage(self, name: str) -> None:
@@ -365,7 +379,7 @@ class GraphStore:
         removed = 0
         for p in (self.path / key).rglob(".*.tmp-*"):
             pid = p.name.rpartition("-")[2]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 p.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -470,56 +484,3 @@ class RowStreamWriter:
 
 
 # --------------------------------------------------------------------- publishing
-def staging_path(out: Path) -> Path:
-    """Where a new store is built before `publish` moves it to `out`."""
-    return out.parent / f".{out.name}.staging-{os.getpid()}"
-
-
-def work_path(out: Path) -> Path:
-    """Scratch directory for temporary files of a pass (bucket files), beside the output."""
-    return out.parent / f".{out.name}.work-{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale(out: Path) -> None:
-    """Remove staging/backup directories left by killed runs (their pid is gone)."""
-    if not out.parent.is_dir():
-        return
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        kind_pid = p.name[len(out.name) + 2:]
-        kind, _, pid = kind_pid.rpartition("-")
-        if kind not in ("staging", "old", "work") or not pid.isdigit():
-            continue
-        if int(pid) == os.getpid() or _pid_alive(int(pid)):
-            continue
-        if kind == "old" and not out.exists():
-            os.rename(p, out)        # killed mid-swap: the old store comes back, nothing lost
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-    runs_old = out.parent / f"{out.name}.runs"
-    if runs_old.exists() and not out.exists():
-        shutil.rmtree(runs_old, ignore_errors=True)
-
-
-def publish(staging: Path, out: Path, overwrite: bool) -> None:
-    """Move a finished store into place; the old store goes only once the new one is there."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise InputError(f"{out}: output exists (use --overwrite to replace it)")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-    os.rename(staging, out)
-    runs = out.parent / f"{out.name}.runs"
-    if old is not None:
-        shutil.rmtree(runs, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
