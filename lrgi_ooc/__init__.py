@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = ["InputError", "StoreView", "open_store", "preprocess", "synth", "train_layer",
            "embed_layer", "layer", "train_e2e", "evaluate", "run", "info", "validate",
-           "export", "encode", "report", "load_encoder"]
+           "export", "encode", "report", "load_encoder", "upgrade"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:

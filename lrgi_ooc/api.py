@@ -23,7 +23,7 @@ DEFAULT_MAX_EDGES = 1 << 21         # = stages.embed.DEFAULT_MAX_EDGES (tested)
 
 __all__ = ["InputError", "StoreView", "open_store", "preprocess", "synth", "train_layer",
            "embed_layer", "layer", "train_e2e", "evaluate", "run", "info", "validate",
-           "export", "encode", "report", "load_encoder"]
+           "export", "encode", "report", "load_encoder", "upgrade"]
 
 
 def preprocess(*, out: PathLike, npz: PathLike | None = None, edges: PathLike | None = None,
@@ -218,3 +218,9 @@ def load_encoder(store: PathLike, layers: list[int] | None = None) -> Any:
     """The trained layers as a `torch.nn.Module` of PyG `GATConv`s: `forward(x, edge_index)`."""
     from lrgi_ooc.pyg.encoder import load_encoder as load
     return load(store, layers)
+
+
+def upgrade(store: PathLike) -> dict[str, Any]:
+    """Move a format-v1 store's trained weights into the store (format v2), in place."""
+    from lrgi_ooc.stages.upgrade import upgrade_store
+    return upgrade_store(store)

@@ -46,3 +46,24 @@ def edge_index_of(store: GraphStore) -> np.ndarray:
     indptr, indices = store.indptr(), store.indices()
     dst = np.repeat(np.arange(store.num_nodes), np.diff(indptr))
     return np.stack([np.asarray(indices, dtype=np.int64), dst])
+
+
+def downgrade_to_v1(path, layers, npz: bool = True) -> None:
+    """Rewrite a store as format v1 left it: each trained layer's weights only in
+    `<store>.runs/train-<l>/` (layer.pt, plus block.npz unless `npz` is False)."""
+    import torch
+
+    from lrgi_ooc.nn.blockweights import BLOCK_FILE
+    from lrgi_ooc.nn.trained import WEIGHTS_FILE, load_blob, load_block
+    from lrgi_ooc.store.layout import train_stage, weights_key
+    s = GraphStore(path)
+    for layer in layers:
+        run = s.run_dir(train_stage(layer))
+        w, meta = load_block(s, layer)
+        blob = load_blob(s, layer)
+        torch.save(blob, run / WEIGHTS_FILE)
+        if npz:
+            w.save(run / BLOCK_FILE, in_dim=meta["in_dim"], dim=meta["dim"],
+                   inductive=bool(meta["inductive"]))
+        s.delete(weights_key(layer))
+    s.update_meta(format_version=1)

@@ -32,6 +32,7 @@ COMMANDS = {   # command -> (API function, minimal argv after the command name)
     "export": (lrgi_ooc.export, ["s", "--layer", "1", "--out", "o.parquet"]),
     "encode": (lrgi_ooc.encode, ["m", "t"]),
     "report": (lrgi_ooc.report, ["s", "--out", "r"]),
+    "upgrade": (lrgi_ooc.upgrade, ["s"]),
 }
 
 CLI_ONLY = {"info": {"json"},          # text or JSON on stdout: presentation, not an option

@@ -381,11 +381,12 @@ def test_gpu_task_without_gpu_worker_exits_2_then_runs_on_one(trained, scheduler
     finally:
         _stop(gpu)
     import torch
-    got = torch.load(Path(str(s.path) + ".runs") / "train-1" / "layer.pt", weights_only=False)
+
+    from lrgi_ooc.nn.trained import load_blob
+    got = load_blob(GraphStore(s.path), 1)
     ref = copy_store(src, tmp_path / "ref.zarr")
     assert main([args[0], str(ref.path), *args[2:]]) == 0
-    want = torch.load(Path(str(ref.path) + ".runs") / "train-1" / "layer.pt",
-                      weights_only=False)
+    want = load_blob(GraphStore(ref.path), 1)
     for k, v in want["block"].items():
         torch.testing.assert_close(got["block"][k], v, rtol=1e-4, atol=1e-5)
 

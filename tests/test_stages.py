@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from graphs import edge_index_of, make_store
+from graphs import downgrade_to_v1, edge_index_of, make_store
 from lrgi_ooc.cli.main import main
 from lrgi_ooc.store.layout import GraphStore, embeddings_key, train_embeddings_key
 from lrgi_ooc.nn.trained import load_weights
@@ -110,9 +110,12 @@ def test_embed_runs_without_torch_and_from_a_checkpoint_only(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False"
     ref = np.array(GraphStore(s.path).table(1))
-    # a store trained before block.npz existed: the torch checkpoint alone still embeds
-    (s.run_dir("train/1") / "block.npz").unlink()
-    GraphStore(s.path).delete(embeddings_key(1))
+    # a format-v1 store trained before block.npz existed (its weights only in the torch
+    # checkpoint in .runs): refused with the command that upgrades it, then embeds the same
+    downgrade_to_v1(s.path, [1], npz=False)
+    GraphStore(s.path, _upgrading=True).delete(embeddings_key(1))
+    assert main(["embed", str(s.path), "--layer", "1"]) == 2
+    assert main(["upgrade", str(s.path)]) == 0
     assert main(["embed", str(s.path), "--layer", "1"]) == 0
     np.testing.assert_array_equal(np.asarray(GraphStore(s.path).table(1)), ref)
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("lrgi_ooc.cli.synth", "generate a synthetic graph (DC-CSBM) of any size"),
     "export": ("lrgi_ooc.cli.export", "write a layer's embeddings to Parquet, .npy or CSV"),
     "encode": ("lrgi_ooc.cli.encode", "apply one store's trained layers to another graph"),
+    "upgrade": ("lrgi_ooc.cli.upgrade", "move a format-v1 store's trained weights into the store"),
     "report": ("lrgi_ooc.cli.report", "write an HTML report with figures of a store's training"),
 }
 

@@ -1,7 +1,10 @@
-"""A trained layer's frozen block, saved in and loaded from the store's run directory.
+"""A trained layer's frozen block, kept inside the store (format v2: `layers/<l>/weights`).
 
-`train` saves it, `embed`, `train-e2e` and the probes load it: the files live here, below
-every stage, so that no stage imports another to find a layer's weights.
+`train` saves it, `embed`, `encode`, `train-e2e` and the PyG encoder load it. The arrays and
+the configuration they were trained with live in the store itself, so copying the store
+directory carries the model; `<store>.runs/` keeps only checkpoints, metrics and logs. The
+files live here, below every stage, so that no stage imports another to find a layer's
+weights.
 """
 from __future__ import annotations
 
@@ -9,11 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.nn.blockweights import BLOCK_FILE, GATWeights
-from lrgi_ooc.store.layout import GraphStore, train_stage
+from lrgi_ooc.store.layout import GraphStore, train_stage, weights_key
 
-WEIGHTS_FILE = "layer.pt"
+WEIGHTS_FILE = "layer.pt"                  # format v1: the block's torch checkpoint in .runs
+ARRAYS = ("lin", "att_src", "att_dst", "bias", "skip")
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -27,44 +33,65 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def weights_path(store: GraphStore, layer: int) -> Path:
-    """The file `embed` reads layer L's weights from (block.npz, or an older store's layer.pt)."""
-    run = store.run_dir(train_stage(layer))
-    return run / BLOCK_FILE if (run / BLOCK_FILE).exists() else run / WEIGHTS_FILE
+def write_weights(store: GraphStore, layer: int, w: GATWeights, conf: dict[str, Any],
+                  in_dim: int) -> None:
+    """Layer L's arrays, then the group attributes that make them valid (written last)."""
+    group = weights_key(layer)
+    store.delete(group)
+    for name in ARRAYS:
+        store.write_small(weights_key(layer, name), np.asarray(getattr(w, name), np.float32))
+    store.write_group_attrs(group, {
+        "config": conf, "in_dim": int(in_dim), "dim": int(conf["dim"]), "heads": int(w.heads),
+        "negative_slope": float(w.negative_slope), "inductive": bool(conf.get("inductive")),
+        "arrays": list(ARRAYS)})
+
+
+def save_layer(store: GraphStore, layer: int, conf: dict[str, Any], in_dim: int,
+               block: Any) -> None:
+    """The frozen block of layer L, into the store (call before marking train/L complete)."""
+    write_weights(store, layer, GATWeights.from_block(block), conf, in_dim)
+
+
+def _attrs(store: GraphStore, layer: int) -> dict[str, Any]:
+    attrs = store.group_attrs(weights_key(layer))
+    if not store.stage_complete(train_stage(layer)) or attrs is None:
+        raise InputError(f"{store.path}: layer {layer} is not trained; run "
+                         f"`lrgi-ooc train {store.path} --layer {layer}` first")
+    return attrs
+
+
+def load_block(store: GraphStore, layer: int) -> tuple[GATWeights, dict[str, Any]]:
+    """Layer L's block as numpy arrays (`GATWeights`, no torch) and
+    {in_dim, dim, heads, inductive, config}."""
+    a = _attrs(store, layer)
+    arrays = {n: np.ascontiguousarray(store.read_small(weights_key(layer, n)), np.float32)
+              for n in ARRAYS}
+    w = GATWeights(**arrays, heads=int(a["heads"]), negative_slope=float(a["negative_slope"]))
+    return w, {"in_dim": int(a["in_dim"]), "dim": int(a["dim"]), "heads": int(a["heads"]),
+               "inductive": int(bool(a["inductive"])), "config": a["config"]}
+
+
+def weights_stamp(store: GraphStore, layer: int) -> tuple[int, int]:
+    """Changes whenever layer L's weights are rewritten (the group metadata is replaced)."""
+    st = os.stat(store.path / weights_key(layer) / "zarr.json")
+    return st.st_ino, st.st_mtime_ns
+
+
+def state_dict(w: GATWeights) -> dict[str, Any]:
+    """The `LRGIBlock` state dict the arrays stand for (PyG GATConv's parameter names)."""
+    import torch
+    H, C = w.att_src.shape
+    return {"conv.att_src": torch.from_numpy(w.att_src.reshape(1, H, C).copy()),
+            "conv.att_dst": torch.from_numpy(w.att_dst.reshape(1, H, C).copy()),
+            "conv.bias": torch.from_numpy(w.bias.copy()),
+            "conv.lin.weight": torch.from_numpy(w.lin.copy()),
+            "skip.weight": torch.from_numpy(w.skip.copy())}
 
 
 def load_blob(store: GraphStore, layer: int) -> dict[str, Any]:
-    """Layer L's saved weights: {"block": state dict, "config", "in_dim"} (torch only, no PyG)."""
-    import torch
-    path = store.run_dir(train_stage(layer)) / WEIGHTS_FILE
-    if not store.stage_complete(train_stage(layer)) or not path.exists():
-        raise InputError(f"{store.path}: layer {layer} is not trained; run "
-                         f"`lrgi-ooc train {store.path} --layer {layer}` first")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def save_layer(run: Path, conf: dict[str, Any], in_dim: int, block: Any) -> None:
-    """The frozen block: its torch checkpoint and the numpy arrays `embed` reads."""
-    save_atomic({"config": conf, "in_dim": in_dim,
-                 "block": {k: v.cpu() for k, v in block.state_dict().items()}},
-                run / WEIGHTS_FILE)
-    GATWeights.from_block(block).save(run / BLOCK_FILE, in_dim=int(in_dim),
-                                      dim=int(conf["dim"]),
-                                      inductive=bool(conf.get("inductive")))
-
-
-def load_block(store: GraphStore, layer: int) -> tuple[GATWeights, dict[str, int]]:
-    """Layer L's block as numpy arrays (`GATWeights`) and {in_dim, dim, heads, inductive},
-    without torch; a store trained before block.npz existed is read from its checkpoint."""
-    path = store.run_dir(train_stage(layer)) / BLOCK_FILE
-    if store.stage_complete(train_stage(layer)) and path.exists():
-        w, meta = GATWeights.load(path)
-        return w, {**meta, "heads": w.heads}
-    blob = load_blob(store, layer)
-    c = blob["config"]
-    return (GATWeights.from_state(blob["block"], int(c["heads"])),
-            {"in_dim": int(blob["in_dim"]), "dim": int(c["dim"]), "heads": int(c["heads"]),
-             "inductive": int(bool(c.get("inductive")))})
+    """Layer L as {"block": state dict, "config", "in_dim"} (torch only, no PyG)."""
+    w, meta = load_block(store, layer)
+    return {"block": state_dict(w), "config": meta["config"], "in_dim": meta["in_dim"]}
 
 
 def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
@@ -76,3 +103,31 @@ def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
     block.load_state_dict(blob["block"])
     block.eval()
     return block, blob
+
+
+def upgrade_v1(store: GraphStore) -> list[int]:
+    """Format v1 -> v2: every trained layer's weights move from `<store>.runs/train-<l>/`
+    (block.npz, or the torch checkpoint layer.pt of older stores) into the store. The format
+    version is bumped last, in one durable write: killed before it, the store is still a
+    valid v1 store and the upgrade simply runs again. Returns the layers moved."""
+    moved = []
+    for name in sorted(store.stages()):
+        kind, _, num = name.partition("/")
+        if kind != "train" or not num.isdigit():
+            continue
+        layer = int(num)
+        run = store.run_dir(name)
+        conf = store.stage_record(name)["config"]
+        if (run / BLOCK_FILE).exists():
+            w, meta = GATWeights.load(run / BLOCK_FILE)
+            in_dim = meta["in_dim"]
+        elif (run / WEIGHTS_FILE).exists():
+            import torch
+            blob = torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=False)
+            w, in_dim = GATWeights.from_state(blob["block"], int(conf["heads"])), blob["in_dim"]
+        else:
+            raise InputError(f"{store.path}: layer {layer} is recorded as trained but "
+                             f"{run} holds no weights; retrain it")
+        write_weights(store, layer, w, conf, in_dim)
+        moved.append(layer)
+    return moved

@@ -23,7 +23,7 @@ from lrgi_ooc.cluster import tasks as cluster
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.nn.blockweights import GATWeights, matmul_t
 from lrgi_ooc.nn.device import device_name
-from lrgi_ooc.nn.trained import load_block, weights_path
+from lrgi_ooc.nn.trained import load_block, weights_stamp
 from lrgi_ooc.sample.subgraph import graph_for, seed_nodes
 from lrgi_ooc.store.layout import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_hash,
                                    embed_stage, embeddings_key, projection_keys,
@@ -186,7 +186,8 @@ class EmbedSpec:
     max_edges: int
     device: str
     inductive: bool
-    stamp: tuple             # store dir and weights file (inode, mtime): the worker cache key
+    stamp: tuple             # store dir and weights (inode, mtime): the worker cache key
+    model: str = ""          # the store holding the weights (encode), or "" for `store`
 
 
 def _context(spec: EmbedSpec) -> dict[str, Any]:
@@ -196,7 +197,8 @@ def _context(spec: EmbedSpec) -> dict[str, Any]:
         device = device_name(spec.device)
         if device != "cpu":                  # only then does the stage use torch
             cluster.set_torch_threads()
-        return {"store": store, "weights": load_block(store, spec.layer)[0], "device": device,
+        model = GraphStore(spec.model) if spec.model else store
+        return {"store": store, "weights": load_block(model, spec.layer)[0], "device": device,
                 "table": StoreRows(store, store.table_key(spec.layer - 1))}
     return cluster.worker_cached(("embed", spec), make)
 
@@ -257,17 +259,23 @@ def _drop_projection(store: GraphStore, layer: int) -> None:
 
 def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
                 device: str = "auto", client: Any = None,
-                chunk_rows: int | None = None) -> dict[str, Any]:
+                chunk_rows: int | None = None,
+                model: str | Path | None = None) -> dict[str, Any]:
     """Write layer L's table; chunk tasks run in-process (client None) or on a Dask client.
 
     Two passes over the output chunk grid: project every node once (phase 1), then aggregate
     each node's neighbourhood from the projection (phase 2). `chunk_rows` (a multiple of
     4096, used when the table is created) sets the task size; by default the store picks
     about 32 MB chunks. The task plan is the chunk grid minus the chunks already on disk, so
-    a run killed at any point (client or worker) resumes with the chunks not yet written."""
+    a run killed at any point (client or worker) resumes with the chunks not yet written.
+    `model`: another store whose trained layer L is applied to this store's graph (`encode`;
+    no inductive training table then)."""
     store = GraphStore(Path(store_path).resolve())
+    source = GraphStore(Path(model).resolve()) if model is not None else store
     stage = embed_stage(layer)
-    conf = embed_config(store, layer)
+    conf = embed_config(source, layer)
+    if model is not None:
+        conf["encoded"] = True
     if store.stage_complete(stage, conf) and store.has(embeddings_key(layer)):
         _drop_projection(store, layer)
         print(f"layer {layer}: embeddings already written with this configuration (skipping)")
@@ -275,21 +283,25 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     if max_edges <= 0:
         raise InputError(f"--max-edges: must be positive, got {max_edges}")
     store.clear_stage(stage)
-    meta = load_block(store, layer)[1]
+    meta = load_block(source, layer)[1]
     width = store.info(store.table_key(layer - 1)).shape[1]
+    if width != meta["in_dim"] and model is not None:
+        raise InputError(f"{store.path}: input width {width} of layer {layer} differs from "
+                         f"{source.path}'s layer {layer} input width {meta['in_dim']}")
     if width != meta["in_dim"]:
         raise InputError(f"{store.path}: layer {layer} was trained on width {meta['in_dim']} "
                          f"but its input table has width {width}")
-    dim, heads, inductive = meta["dim"], meta["heads"], bool(meta["inductive"])
+    dim, heads = meta["dim"], meta["heads"]
+    inductive = bool(meta["inductive"]) and model is None
     keys = [embeddings_key(layer)] + ([train_embeddings_key(layer)] if inductive else [])
     train_rows = len(seed_nodes(store, True)) if inductive else None
     if chunk_rows is not None and (chunk_rows <= 0 or chunk_rows % MIN_CHUNK_ROWS):
         raise InputError(f"--chunk-rows: must be a positive multiple of {MIN_CHUNK_ROWS}, "
                          f"got {chunk_rows}")
     prepare_output(store, layer, conf, dim, heads, train_rows, chunk_rows)
-    weights = weights_path(store, layer)
     spec = EmbedSpec(str(store.path), int(layer), int(max_edges), str(device), inductive,
-                     (cluster.file_stamp(store.path), cluster.file_stamp(weights)))
+                     (cluster.file_stamp(store.path), weights_stamp(source, layer)),
+                     str(source.path) if model is not None else "")
     t0 = time.time()
     todo = {key: pending_chunks(store, key) for key in keys}
     if any(todo.values()):

@@ -156,8 +156,7 @@ def train_e2e(store_path: str | Path, num_layers: int, cfg: TrainConfig,
         in_dim = int(store.info(store.table_key(0)).shape[1])
         for l, block in zip(layers, model.blocks):
             lconf = layer_config(conf, l)
-            save_layer(store.run_dir(train_stage(l)), lconf, in_dim if l == 1 else cfg.dim,
-                       block)
+            save_layer(store, l, lconf, in_dim if l == 1 else cfg.dim, block)
             store.mark_stage(train_stage(l), lconf, steps=steps)
         store.mark_stage(E2E_STAGE, conf, steps=steps, seconds=round(time.time() - t0, 2))
     for l in layers:

@@ -212,7 +212,7 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     secs = fit(model, loader, cfg, steps=steps, per_epoch=per_epoch, run=run,
                chash=config_hash(conf), desc=f"train layer {layer}")
     model.eval()
-    save_layer(run, conf, in_dim, model.block)
+    save_layer(store, layer, conf, in_dim, model.block)
     store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2))
     return store.stage_record(stage)
 

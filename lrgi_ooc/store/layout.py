@@ -24,7 +24,7 @@ from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.base.memory import peak_rss_bytes
 
 FORMAT_NAME = "lrgi-ooc"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2            # 2: trained weights inside the store (layers/<l>/weights)
 ATTR = "lrgi_ooc"
 
 INDPTR = "csr/indptr"
@@ -53,6 +53,13 @@ def projection_keys(layer: int) -> tuple[str, str]:
     """Transient, while `embed` runs: every node's projected input [N, D] and source attention
     logits [N, heads] (the per-node half of the GAT layer); deleted when the stage completes."""
     return f"layers/{int(layer)}/projection", f"layers/{int(layer)}/source_logits"
+
+
+def weights_key(layer: int, name: str | None = None) -> str:
+    """Layer L's trained block: a group whose attributes hold the configuration it was trained
+    with, and one array per parameter (`name`), so that the store carries its model."""
+    base = f"layers/{int(layer)}/weights"
+    return base if name is None else f"{base}/{name}"
 
 
 def train_stage(layer: int) -> str:
@@ -188,9 +195,10 @@ def pid_alive(pid: int) -> bool:
 class GraphStore:
     """A graph store on local disk (or a shared filesystem)."""
 
-    def __init__(self, path: str | os.PathLike, _check: bool = True):
+    def __init__(self, path: str | os.PathLike, _check: bool = True, _upgrading: bool = False):
         self.path = Path(path)
         self._infos: dict[str, ArrayInfo] = {}
+        self._upgrading = _upgrading
         if _check:
             self._check()
 
@@ -210,11 +218,14 @@ class GraphStore:
         return store
 
     def create_array(self, key: str, shape: tuple[int, ...], dtype: Any,
-                     chunk_rows: int | None = None) -> ArrayInfo:
+                     chunk_rows: int | None = None, single_chunk: bool = False) -> ArrayInfo:
+        """`single_chunk`: one chunk of exactly the array's shape (small arrays such as
+        weights, which are read whole and never memory-mapped)."""
         dtype = np.dtype(dtype)
         row_nbytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        rows = chunk_rows or chunk_rows_for(shape[0], max(row_nbytes, 1))
-        if rows % MIN_CHUNK_ROWS:
+        rows = max(int(shape[0]), 1) if single_chunk else \
+            chunk_rows or chunk_rows_for(shape[0], max(row_nbytes, 1))
+        if rows % MIN_CHUNK_ROWS and not single_chunk:
             raise ValueError("chunk rows must be a multiple of MIN_CHUNK_ROWS")
         if self.path.joinpath(key).exists():
             shutil.rmtree(self.path / key)
@@ -235,9 +246,16 @@ class GraphStore:
             raise InputError(f"{self.path}: unreadable store metadata ({e})") from None
         if meta.get("format") != FORMAT_NAME:
             raise InputError(f"{self.path}: not an lrgi-ooc store")
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version == 1 and self._upgrading:
+            return
+        if version == 1:
             raise InputError(
-                f"{self.path}: store format version {meta.get('format_version')} is not "
+                f"{self.path}: store format version 1 keeps its trained weights outside the "
+                f"store; run `lrgi-ooc upgrade {self.path}` once (moves them in, atomically)")
+        if version != FORMAT_VERSION:
+            raise InputError(
+                f"{self.path}: store format version {version} is not "
                 f"supported (this lrgi-ooc reads version {FORMAT_VERSION}); re-run preprocess")
 
     @property
@@ -430,6 +448,38 @@ class GraphStore:
             s, e = info.chunk_bounds(i)
             self.write_chunk(key, i, data[s:e])
         return info
+
+    def write_small(self, key: str, data: np.ndarray) -> None:
+        """A small array (weights) as one chunk, written whole and atomically."""
+        data = np.ascontiguousarray(data)
+        self.create_array(key, data.shape, data.dtype, single_chunk=True)
+        self.write_chunk(key, 0, data)
+
+    def read_small(self, key: str) -> np.ndarray:
+        """A whole small array; a missing chunk is an error, not zeros."""
+        a = self.info(key)
+        if not self.chunk_written(key, 0):
+            raise InputError(f"{self.path}: array '{key}' has no data (chunk 0 missing)")
+        return self.read_rows(key, 0, a.num_rows)
+
+    def group_attrs(self, key: str) -> dict[str, Any] | None:
+        """The lrgi-ooc attributes of the group at `key` (None when it has none)."""
+        f = self.path / key / "zarr.json"
+        if not f.is_file():
+            return None
+        with open(f) as fh:
+            return json.load(fh).get("attributes", {}).get(ATTR)
+
+    def write_group_attrs(self, key: str, attrs: dict[str, Any]) -> None:
+        """Create (or replace) the group at `key` with these attributes, durably."""
+        d = self.path / key
+        d.mkdir(parents=True, exist_ok=True)
+        parent = self.path
+        for part in key.split("/")[:-1]:
+            parent = parent / part
+            if not (parent / "zarr.json").exists():
+                _write_json_atomic(parent / "zarr.json", _GROUP_META, durable=False)
+        _write_json_atomic(d / "zarr.json", {**_GROUP_META, "attributes": {ATTR: attrs}})
 
     def write_split(self, parts: dict[str, np.ndarray], index: int | None = None) -> None:
         for p in SPLIT_PARTS:
