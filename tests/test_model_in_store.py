@@ -180,5 +180,21 @@ def test_an_upgrade_killed_before_the_version_bump_leaves_a_v1_store(trained, tm
     upgrade_v1(GraphStore(c, _upgrading=True))     # the weights moved, the version not yet
     with pytest.raises(lrgi_ooc.InputError, match="format version 1"):
         GraphStore(c)
-    assert lrgi_ooc.upgrade(c) == {"from": 1, "to": 2, "layers": [1, 2]}
+    assert lrgi_ooc.upgrade(c) == {"from": 1, "to": 2, "layers": [1, 2], "lost": []}
     assert GraphStore(c).meta["format_version"] == 2
+
+
+def test_a_v1_copy_without_runs_upgrades_and_can_be_retrained(trained, tmp_path, capsys):
+    s, _ = trained
+    c = _copy(s, tmp_path / "old.zarr")
+    shutil.copytree(str(s) + ".runs", str(c) + ".runs")
+    downgrade_to_v1(c, [1, 2])
+    shutil.rmtree(str(c) + ".runs")                 # copied without .runs: weights gone
+    assert main(["upgrade", str(c)]) == 0
+    err = capsys.readouterr().err
+    assert "layers 1, 2 were recorded as trained" in err and len(err.splitlines()) == 1
+    g = GraphStore(c)
+    assert not g.stage_complete("train/1") and g.layers() == [1, 2]    # tables kept
+    lrgi_ooc.layer(c, layer=1, **TRAIN)           # the same model again (float sums aside)
+    np.testing.assert_allclose(np.asarray(GraphStore(c).table(1)),
+                               np.asarray(GraphStore(s).table(1)), atol=1e-4)

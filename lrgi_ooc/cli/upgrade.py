@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lrgi_ooc import api
 
@@ -18,4 +19,10 @@ def main(args: argparse.Namespace) -> int:
         moved = ", ".join(map(str, r["layers"])) or "none"
         print(f"{args.store}: format v{r['from']} -> v{r['to']}; weights of layers {moved} "
               "moved into the store")
+        if r["lost"]:
+            lost = ", ".join(map(str, r["lost"]))
+            print(f"lrgi-ooc upgrade: warning: layers {lost} were recorded as trained but "
+                  f"{args.store}.runs holds no weights for them (a copy without .runs?): "
+                  "their train records are cleared and their tables kept; retrain them to "
+                  "get the model back", file=sys.stderr)
     return 0

@@ -105,12 +105,14 @@ def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
     return block, blob
 
 
-def upgrade_v1(store: GraphStore) -> list[int]:
+def upgrade_v1(store: GraphStore) -> tuple[list[int], list[int]]:
     """Format v1 -> v2: every trained layer's weights move from `<store>.runs/train-<l>/`
     (block.npz, or the torch checkpoint layer.pt of older stores) into the store. The format
     version is bumped last, in one durable write: killed before it, the store is still a
-    valid v1 store and the upgrade simply runs again. Returns the layers moved."""
-    moved = []
+    valid v1 store and the upgrade simply runs again. Returns (layers moved, layers whose
+    weights were not found: their train record is cleared, their table kept)."""
+    moved: list[int] = []
+    lost: list[int] = []
     for name in sorted(store.stages()):
         kind, _, num = name.partition("/")
         if kind != "train" or not num.isdigit():
@@ -125,9 +127,11 @@ def upgrade_v1(store: GraphStore) -> list[int]:
             import torch
             blob = torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=False)
             w, in_dim = GATWeights.from_state(blob["block"], int(conf["heads"])), blob["in_dim"]
-        else:
-            raise InputError(f"{store.path}: layer {layer} is recorded as trained but "
-                             f"{run} holds no weights; retrain it")
+        else:                        # e.g. a v1 store copied without its .runs directory
+            lost.append(layer)
+            continue
         write_weights(store, layer, w, conf, in_dim)
         moved.append(layer)
-    return moved
+    for layer in lost:              # its table stays; `train` can rebuild the model
+        store.clear_stage(train_stage(layer))
+    return moved, lost

@@ -11,11 +11,12 @@ from lrgi_ooc.store.layout import FORMAT_VERSION, GraphStore
 
 
 def upgrade_store(path: str | Path) -> dict[str, Any]:
-    """Returns {"from": version, "to": version, "layers": layers whose weights moved}."""
+    """Returns {"from", "to", "layers": layers whose weights moved, "lost": layers recorded
+    as trained whose weights were not in .runs (their train record is cleared)}."""
     store = GraphStore(path, _upgrading=True)
     version = store.meta.get("format_version")
     if version == FORMAT_VERSION:
-        return {"from": version, "to": version, "layers": []}
-    moved = upgrade_v1(store)
+        return {"from": version, "to": version, "layers": [], "lost": []}
+    moved, lost = upgrade_v1(store)
     store.update_meta(format_version=FORMAT_VERSION)
-    return {"from": version, "to": FORMAT_VERSION, "layers": moved}
+    return {"from": version, "to": FORMAT_VERSION, "layers": moved, "lost": lost}
