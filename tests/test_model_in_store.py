@@ -76,6 +76,12 @@ def test_a_copied_store_embeds_evaluates_and_encodes_like_the_original(trained, 
     a = lrgi_ooc.evaluate(s, layer=2, num_splits=1, epochs=5)
     b = lrgi_ooc.evaluate(c, layer=2, num_splits=1, epochs=5)
     assert a["test_mean"] == b["test_mean"]
+    import pyarrow.parquet as pq
+    for src, name in ((s, "a"), (c, "b")):
+        lrgi_ooc.export(src, layer=2, out=tmp_path / f"{name}.parquet")
+        lrgi_ooc.export(src, layer=2, out=tmp_path / f"{name}.npy")
+    assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
     t1, t2 = _graph(tmp_path / "t1.zarr", files), _graph(tmp_path / "t2.zarr", files)
     lrgi_ooc.encode(s, t1)
     lrgi_ooc.encode(c, t2)

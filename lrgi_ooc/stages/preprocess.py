@@ -12,6 +12,7 @@ import datetime as _dt
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,7 @@ def preprocess(a: PreprocessOptions, workers: int | None = None,
 def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
     """The stage on an open client (or none); with a Dask client, the CSR build and the
     feature copy run as tasks. Returns the new store's preprocess record."""
+    t0 = time.time()
     o = _options(a)
     out = o.out
     publish.clean_stale(out)
@@ -409,7 +411,8 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
             duplicates_removed=res.duplicates_removed,
             feature_dtype=o.feature_dtype.name if ds.features is not None else None,
             num_features=int(ds.features.shape[1]) if ds.features is not None else 0)
-        store.mark_stage("preprocess", config, fields=meta)
+        store.mark_stage("preprocess", config, fields=meta,
+                         seconds=round(time.time() - t0, 2))
         publish.publish(staging, out, a.overwrite)
     finally:
         if features:                      # failed while they ran

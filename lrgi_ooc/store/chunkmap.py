@@ -117,3 +117,24 @@ def map_chunks(files: Sequence[Path], chunk_nbytes: int, dtype: np.dtype,
     if random_access:
         lib.madvise(base, total, _MADV_RANDOM)
     return np.asarray(holder)
+
+
+_MADV_DONTNEED = 4
+_HUGE = 2 << 20
+
+
+def release_rows(table: np.ndarray, start: int, stop: int) -> None:
+    """Unmap the pages of rows [start, stop) of a read-only file map (they stay in the page
+    cache and fault back in if touched again): what keeps RSS flat during a long gather. The
+    range is widened to 2 MiB boundaries, because the page cache is mapped in large folios
+    (up to 2 MiB per touched row, measured) and a partial range would leave their rest. Only
+    for arrays that map files: anonymous memory would lose its contents."""
+    if not _LINUX or not table.nbytes:
+        return
+    base = table.ctypes.data
+    end_of_map = base + -(-table.nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    row = table.strides[0]
+    lo = max(base, (base + start * row) // _HUGE * _HUGE)
+    hi = min(end_of_map, -(-(base + stop * row) // _HUGE) * _HUGE)
+    if lo < hi:
+        _lib().madvise(lo, hi - lo, _MADV_DONTNEED)
