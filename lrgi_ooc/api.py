@@ -34,10 +34,12 @@ def preprocess(*, out: PathLike, npz: PathLike | None = None, edges: PathLike | 
                test: PathLike | None = None, undirected: bool = False,
                keep_self_loops: bool = False, keep_duplicates: bool = False,
                feature_dtype: str = "float32", memory_limit: str | int = "2GB",
-               overwrite: bool = False, workers: int | None = None,
+               overwrite: bool = False, ids: str = "auto", id_col: str = "id",
+               ignore_unknown_ids: bool = False, workers: int | None = None,
                scheduler: str | None = None) -> dict[str, Any]:
     """Build a store at `out` from an edge list (+ node tables), an .npz or an OGB dataset,
-    within `memory_limit` whatever the edge count; returns its preprocess record."""
+    within `memory_limit` whatever the edge count; returns its preprocess record. `ids`:
+    `auto` remaps string ids, and integer ids that are not dense in [0, N), out-of-core."""
     from lrgi_ooc.stages.preprocess import PreprocessOptions
     from lrgi_ooc.stages.preprocess import preprocess as stage
     opts = PreprocessOptions(
@@ -45,7 +47,8 @@ def preprocess(*, out: PathLike, npz: PathLike | None = None, edges: PathLike | 
         dst_col=dst_col, num_nodes=num_nodes, features=features, labels=labels, train=train,
         val=val, test=test, undirected=undirected, keep_self_loops=keep_self_loops,
         keep_duplicates=keep_duplicates, feature_dtype=feature_dtype,
-        memory_limit=memory_limit, overwrite=overwrite)
+        memory_limit=memory_limit, overwrite=overwrite, ids=ids, id_col=id_col,
+        ignore_unknown_ids=ignore_unknown_ids)
     return stage(opts, workers, scheduler)
 
 
@@ -186,13 +189,14 @@ def validate(store: PathLike) -> str | None:
 
 
 def export(store: PathLike, *, layer: int, out: PathLike, nodes: PathLike | None = None,
-           dtype: str = "float32", wide: bool = False,
-           overwrite: bool = False) -> dict[str, Any]:
+           dtype: str = "float32", wide: bool = False, overwrite: bool = False,
+           dense_ids: bool = False) -> dict[str, Any]:
     """Write layer L's table (layer 0: the features) to Parquet, .npy or CSV, chosen by the
-    suffix of `out`, streamed in bounded memory; `nodes`: an .npy of node ids to export."""
+    suffix of `out`, streamed in bounded memory; `nodes`: an .npy of node ids to export.
+    A remapped store's rows carry the user's ids (`id`; `node` too with `dense_ids`)."""
     from lrgi_ooc.converters.export import export_table
     return export_table(store, layer, out, nodes=nodes, dtype=dtype, wide=wide,
-                        overwrite=overwrite)
+                        overwrite=overwrite, dense_ids=dense_ids)
 
 
 def encode(model: PathLike, target: PathLike, *, layers: str | None = None,

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fixed-size list column `embedding`")
     p.add_argument("--overwrite", action="store_true", default=D["overwrite"],
                    help="replace an existing --out (only once the new file is complete)")
+    p.add_argument("--dense-ids", action="store_true", default=D["dense_ids"],
+                   help="remapped stores: also write the dense `node` column beside the "
+                        "user's `id`, and read --nodes as dense ids")
 
 
 def main(args: argparse.Namespace) -> int:

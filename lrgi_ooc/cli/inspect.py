@@ -48,6 +48,12 @@ def print_info(i: dict[str, Any]) -> None:
         print("splits       " + ", ".join(f"{p} {v:,}" for p, v in s.items()) + more)
     else:
         print("splits       none")
+    ids = i.get("ids") or {}
+    if ids.get("remapped"):
+        print(f"ids          {ids['kind']} (remapped to 0..N-1 in the ids' order), first: "
+              + ", ".join(map(str, ids["sample"])))
+    else:
+        print("ids          dense integers 0..N-1")
     if i["layers"]:
         print(f"layers       {i['layers']}")
     for name, t in i["stages"].items():

@@ -29,6 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feature-dtype", default=D["feature_dtype"], help="float32 (default) or float16")
     p.add_argument("--memory-limit", default=D["memory_limit"], help="memory budget (default 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    ids = p.add_argument_group("node ids (docs/cli.md, \"Node ids\")")
+    ids.add_argument("--ids", default=D["ids"], metavar="auto|dense|remap",
+                     help="auto (default): remap string ids and integer ids that are not "
+                          "dense in [0, N); dense: ids must be in [0, N); remap: always")
+    ids.add_argument("--id-col", default=D["id_col"],
+                     help="id column of keyed node tables (Parquet/CSV; default id)")
+    ids.add_argument("--ignore-unknown-ids", action="store_true",
+                     help="skip node-table rows whose id is not in the edge list")
     add_dask_options(p)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.base.progress import bar
+from lrgi_ooc.store import ids as store_ids
 from lrgi_ooc.store.chunkmap import release_rows
 from lrgi_ooc.store.layout import GraphStore, pid_alive
 
@@ -65,8 +66,9 @@ class NodeIds:
     would keep every page it read in RSS), checked on opening: 1-D, integer, in
     [0, num_rows). Repeats are allowed (the row is written again)."""
 
-    def __init__(self, path: Path, num_rows: int):
-        self.path = path
+    def __init__(self, path: Path, num_rows: int, index: Any = None):
+        """`index`: a remapped store's `IdIndex`: the file then holds the user's int64 ids."""
+        self.path, self.index = path, index
         if not path.is_file():
             raise InputError(f"--nodes {path}: file does not exist")
         try:  # parses the header and checks the size; no data page is touched
@@ -86,6 +88,14 @@ class NodeIds:
         del ids
         for s in range(0, self.len, ID_BLOCK):
             blk = self._raw(s, min(s + ID_BLOCK, self.len))
+            if index is not None:
+                got = index.find(blk.astype(np.int64))
+                if (got < 0).any():
+                    i = int(np.argmax(got < 0))
+                    raise InputError(f"--nodes {path}: id {int(blk[i])} (position {s + i}) is "
+                                     "not a node of the store (--dense-ids: the file holds "
+                                     "dense ids)")
+                continue
             bad = (blk >= num_rows) if self.dtype.kind == "u" else (blk < 0) | (blk >= num_rows)
             if bad.any():
                 i = int(np.argmax(bad))
@@ -103,8 +113,9 @@ class NodeIds:
         return blk
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Ids [start, stop) as int64 (already checked to lie in range)."""
-        return self._raw(start, min(stop, self.len)).astype(np.int64)
+        """Dense ids [start, stop) as int64 (already checked to lie in range)."""
+        blk = self._raw(start, min(stop, self.len)).astype(np.int64)
+        return blk if self.index is None else self.index.find(blk)
 
 
 def _table_key(store: GraphStore, layer: int) -> str:
@@ -189,31 +200,31 @@ def _arrow_type(dtype: np.dtype) -> Any:
     return pa.float16() if dtype == np.float16 else pa.float32()
 
 
-def _write_parquet(path: Path, blocks: Iterator[tuple[np.ndarray, np.ndarray]], dim: int,
-                   dtype: np.dtype, wide: bool, meta: dict[str, str]) -> None:
+def _write_parquet(path: Path, blocks: Iterator[tuple[Any, np.ndarray]], dim: int,
+                   dtype: np.dtype, wide: bool, keys: list[tuple[str, Any]],
+                   meta: dict[str, str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
     value = _arrow_type(dtype)
+    heads = [pa.field(n, t, nullable=False) for n, t in keys]
     if wide:
-        fields = [pa.field("node", pa.int64(), nullable=False)] + [
-            pa.field(f"dim_{j}", value, nullable=False) for j in range(dim)]
+        fields = heads + [pa.field(f"dim_{j}", value, nullable=False) for j in range(dim)]
     else:
-        fields = [pa.field("node", pa.int64(), nullable=False),
-                  pa.field("embedding", pa.list_(pa.field("element", value), dim),
-                           nullable=False)]
+        fields = heads + [pa.field("embedding", pa.list_(pa.field("element", value), dim),
+                                   nullable=False)]
     schema = pa.schema(fields, metadata=meta)
     # random floats do not dictionary-encode: trying costs time and memory for nothing
     with pq.ParquetWriter(str(path), schema, use_dictionary=False,
                           compression="snappy") as w:
-        for nodes, blk in blocks:
+        for heads_, blk in blocks:
             if wide:
                 cols = np.ascontiguousarray(blk.T)
-                arrays = [pa.array(nodes)] + [pa.array(cols[j]) for j in range(dim)]
+                arrays = list(heads_) + [pa.array(cols[j]) for j in range(dim)]
             else:
                 flat = pa.array(np.ascontiguousarray(blk).reshape(-1))
-                arrays = [pa.array(nodes), pa.FixedSizeListArray.from_arrays(flat, dim)]
+                arrays = list(heads_) + [pa.FixedSizeListArray.from_arrays(flat, dim)]
             t = pa.Table.from_arrays(arrays, schema=schema)
-            w.write_table(t, row_group_size=max(len(nodes), 1))
+            w.write_table(t, row_group_size=max(len(blk), 1))
 
 
 def _write_npy(path: Path, blocks: Iterator[tuple[np.ndarray, np.ndarray]], rows: int,
@@ -231,16 +242,16 @@ def _write_npy(path: Path, blocks: Iterator[tuple[np.ndarray, np.ndarray]], rows
             f.write(memoryview(np.ascontiguousarray(blk, dtype=dtype).reshape(-1)))
 
 
-def _write_csv(path: Path, blocks: Iterator[tuple[np.ndarray, np.ndarray]], dim: int,
-               dtype: np.dtype, gzip: bool) -> None:
+def _write_csv(path: Path, blocks: Iterator[tuple[Any, np.ndarray]], dim: int,
+               dtype: np.dtype, keys: list[tuple[str, Any]], gzip: bool) -> None:
     import gzip as gzip_mod
 
     import pyarrow as pa
     import pyarrow.csv as pcsv
     value = _arrow_type(dtype)
-    names = ["node"] + [f"dim_{j}" for j in range(dim)]
-    schema = pa.schema([pa.field("node", pa.int64())] +
-                       [pa.field(n, value) for n in names[1:]])
+    names = [n for n, _ in keys] + [f"dim_{j}" for j in range(dim)]
+    schema = pa.schema([pa.field(n, t) for n, t in keys] +
+                       [pa.field(n, value) for n in names[len(keys):]])
     with open(path, "wb") as raw:
         # gzip level 1: 25x faster than Arrow's default (level 9) on float text, measured;
         # mtime 0 so that the same table gives the same file
@@ -252,17 +263,17 @@ def _write_csv(path: Path, blocks: Iterator[tuple[np.ndarray, np.ndarray]], dim:
             sink.write((",".join(names) + "\n").encode())
             opts = pcsv.WriteOptions(include_header=False, batch_size=8192)
             with pcsv.CSVWriter(sink, schema, write_options=opts) as w:
-                for nodes, blk in blocks:
+                for heads_, blk in blocks:
                     cols = np.ascontiguousarray(blk.T)
                     w.write_table(pa.Table.from_arrays(
-                        [pa.array(nodes)] + [pa.array(cols[j]) for j in range(dim)],
+                        list(heads_) + [pa.array(cols[j]) for j in range(dim)],
                         schema=schema))
 
 
 # ------------------------------------------------------------------------------ export
 def export_table(store: str | Path, layer: int, out: str | Path, *,
                  nodes: str | Path | None = None, dtype: str = "float32", wide: bool = False,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, dense_ids: bool = False) -> dict[str, Any]:
     """Write layer `layer`'s table (0: the features) to `out` (Parquet, .npy or CSV by
     suffix): every node in node order, or the rows of the ids in the .npy `nodes`, in that
     order (repeats allowed). Every cheap check runs before any data is read; memory is one
@@ -286,7 +297,14 @@ def export_table(store: str | Path, layer: int, out: str | Path, *,
     key = _table_key(gs, layer)
     info = gs.info(key)
     num_rows, dim = info.num_rows, int(info.row_shape[0])
-    ids = NodeIds(Path(nodes), num_rows) if nodes is not None else None
+    kind = store_ids.id_kind(gs)
+    if nodes is not None and kind == "string" and not dense_ids:
+        raise InputError(f"--nodes {nodes}: this store has string ids; give dense ids in an "
+                         ".npy with --dense-ids")
+    ids = None
+    if nodes is not None:
+        ids = NodeIds(Path(nodes), num_rows, None if dense_ids or kind == store_ids.DENSE
+                      else store_ids.IdIndex(gs))
     rows = num_rows if ids is None else len(ids)
     out_dtype = np.dtype(dtype)
     step = block_rows(dim * max(info.dtype.itemsize, out_dtype.itemsize))
@@ -318,19 +336,35 @@ def export_table(store: str | Path, layer: int, out: str | Path, *,
             yield node_ids, blk
             pb.update(len(node_ids))
 
-    writers: dict[str, Callable[[Path, Iterator[tuple[np.ndarray, np.ndarray]]], None]] = {
+    import pyarrow as pa
+    id_type = pa.large_string() if kind == "string" else pa.int64()
+    keys = [("node", pa.int64())] if kind == store_ids.DENSE else \
+        [("id", id_type)] + ([("node", pa.int64())] if dense_ids else [])
+
+    def headed(pb: Any) -> Iterator[tuple[list[Any], np.ndarray]]:
+        """The key columns (`node`, or the user's `id` [and `node`]) as Arrow arrays."""
+        for node_ids, blk in converted(pb):
+            if kind == store_ids.DENSE:
+                yield [pa.array(node_ids)], blk
+                continue
+            ext = store_ids.external_at(gs, node_ids)
+            arr = pa.array(ext) if kind != "string" else \
+                ext.to_arrow().cast(pa.large_string())
+            yield ([arr, pa.array(node_ids)] if dense_ids else [arr]), blk
+
+    writers: dict[str, Callable[[Path, Iterator[tuple[Any, np.ndarray]]], None]] = {
         "parquet": lambda p, b: _write_parquet(
-            p, b, dim, out_dtype, wide,
+            p, b, dim, out_dtype, wide, keys,
             {"lrgi_ooc.store": str(gs.path.resolve()), "lrgi_ooc.layer": str(layer)}),
         "npy": lambda p, b: _write_npy(p, b, rows, dim, out_dtype),
-        "csv": lambda p, b: _write_csv(p, b, dim, out_dtype, gzip=False),
-        "csv.gz": lambda p, b: _write_csv(p, b, dim, out_dtype, gzip=True),
+        "csv": lambda p, b: _write_csv(p, b, dim, out_dtype, keys, gzip=False),
+        "csv.gz": lambda p, b: _write_csv(p, b, dim, out_dtype, keys, gzip=True),
     }
     _remove_stale_temps(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with bar(total=rows, desc=f"export layer {layer}", unit="rows") as pb:
-            writers[fmt](tmp, converted(pb))
+            writers[fmt](tmp, converted(pb) if fmt == "npy" else headed(pb))
         _fsync(tmp)
         os.replace(tmp, out)
     except BaseException:

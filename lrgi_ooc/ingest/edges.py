@@ -28,7 +28,7 @@ def check_ids(a: np.ndarray, source: str, num_nodes: int | None, hint: str = "")
     if len(a):
         lo, hi = int(a.min()), int(a.max())
         if lo < 0:
-            raise InputError(f"{source}: node id {lo} is negative")
+            raise InputError(f"{source}: node id {lo} is negative{hint}")
         if num_nodes is not None and hi >= num_nodes:
             raise InputError(f"{source}: node id {hi} is out of range [0, {num_nodes}){hint}")
     return a
@@ -55,14 +55,14 @@ class EdgeInput:
             return None
         return [_Checked(p, self.source, num_nodes, hint) for p in self.raw_parts]
 
-    def max_id(self) -> int:
+    def max_id(self, hint: str = "") -> int:
         """Largest node id: from statistics when present, else one validating read pass."""
         if self.max_id_hint is not None:
             return self.max_id_hint
         from lrgi_ooc.base.progress import bar
         hi, seen = -1, 0
         with bar(self.num_edges, f"scanning {Path(self.source).name}", "edges") as pb:
-            for s, d in self.chunks(None)():
+            for s, d in self.chunks(None, hint)():
                 if len(s):
                     hi = max(hi, int(s.max()), int(d.max()))
                 seen += len(s)
@@ -171,7 +171,8 @@ def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
                                  "see --src-col/--dst-col)")
             t = schema.field(col).type
             if not pa.types.is_integer(t):
-                raise InputError(f"{f}: column '{col}' has type {t}; node ids must be integers")
+                raise InputError(f"{f}: column '{col}' has type {t}; node ids must be integers "
+                                 "(--ids remap takes string ids)")
         rows += meta.num_rows
         for g in range(meta.num_row_groups):
             rg = meta.row_group(g)
@@ -183,7 +184,8 @@ def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
                         stats_ok = False
                     elif st.min < 0:
                         raise InputError(f"{f}: column '{c.path_in_schema}' has negative "
-                                         f"node id {st.min}")
+                                         f"node id {st.min} (--ids remap takes any int64 "
+                                         "ids)")
                     else:
                         hi = max(hi, int(st.max))
 
@@ -244,3 +246,176 @@ def open_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
     raise InputError(f"--edges {p}: expected Parquet, CSV or .npy (use --npz for datasets)")
 
 
+
+
+# ------------------------------------------------------------------ ids of any kind
+@dataclass
+class IdEdges:
+    """An edge list whose ids may be any int64 or strings (`--ids auto|remap`): a restartable
+    stream of (src, dst) id columns (`store.idcols`), before any remapping."""
+    source: str
+    kind: str                                   # idcols.INT or idcols.STR
+    raw: Callable[[], Iterator[tuple[object, object]]]
+    num_edges: int | None = None
+    files: list[Path] = field(default_factory=list)
+    int_range: tuple[int, int] | None = None    # (min, max) from Parquet statistics
+
+    def chunks(self) -> Iterator[tuple[object, object]]:
+        from lrgi_ooc.store import idcols
+        for s, d in self.raw():
+            idcols.check_values(s, self.source)
+            idcols.check_values(d, self.source)
+            yield s, d
+
+    def scan(self) -> tuple[int, int, int]:
+        """(min id, max id, edges) of integer ids: from statistics, else one read pass."""
+        if self.int_range is not None and self.num_edges is not None:
+            return (*self.int_range, self.num_edges)
+        from lrgi_ooc.base.progress import bar
+        lo, hi, seen = None, None, 0
+        with bar(self.num_edges, f"scanning {Path(self.source).name}", "edges") as pb:
+            for s, d in self.chunks():
+                if len(s):
+                    a, b = int(min(s.min(), d.min())), int(max(s.max(), d.max()))
+                    lo = a if lo is None else min(lo, a)
+                    hi = b if hi is None else max(hi, b)
+                seen += len(s)
+                pb.update(len(s))
+        if not seen:
+            raise InputError(f"{self.source}: the edge list is empty")
+        return lo, hi, seen
+
+
+def _id_kind(t, where: str, col: str) -> str:
+    import pyarrow as pa
+
+    from lrgi_ooc.store import idcols
+    if pa.types.is_integer(t):
+        return idcols.INT
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) \
+            or pa.types.is_large_binary(t):
+        return idcols.STR
+    raise InputError(f"{where}: column '{col}' has type {t}; node ids must be integers or "
+                     "strings")
+
+
+def _id_column(col, name: str, kind: str, source: str):
+    """An Arrow column as an id column of `kind` (nulls and a kind change are errors)."""
+    import pyarrow as pa
+
+    from lrgi_ooc.store import idcols
+    if col.null_count:
+        raise InputError(f"{source}: column '{name}' has {col.null_count} null node ids")
+    got = _id_kind(col.type, source, name)
+    if got != kind:
+        raise InputError(f"{source}: column '{name}' mixes id types ({kind} ids elsewhere, "
+                         f"{col.type} here)")
+    if kind == idcols.STR:
+        return idcols.StrCol.from_arrow(col)
+    a = col.to_numpy(zero_copy_only=False)
+    if a.dtype == np.uint64 and len(a) and a.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{source}: node id {int(a.max())} does not fit int64")
+    if pa.types.is_integer(col.type):
+        return a.astype(np.int64, copy=False)
+    return a
+
+
+def open_id_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
+                  chunk: int = 1 << 22) -> IdEdges:
+    """Edges whose ids are any integers or strings; the kind comes from the columns' types
+    (Parquet schema, CSV inference), and both columns must agree."""
+    import pyarrow as pa
+
+    p = require_file(path, "--edges")
+    kind = sniff(p)
+    source = str(p)
+    if kind == "npy":
+        e = npy_edges(NpyArray(p), chunk)
+
+        def npy():
+            for s, d in e.raw_chunks():
+                yield _as_int64(s, source), _as_int64(d, source)
+        return IdEdges(source, "int64", npy, e.num_edges, [p])
+    if kind == "parquet":
+        files = parquet_files(p, source)
+        kinds, rows, lo, hi, stats = set(), 0, None, None, True
+        for f in files:
+            meta = parquet_meta(f, source)
+            schema = meta.schema.to_arrow_schema()
+            for col in (src_col, dst_col):
+                if col not in schema.names:
+                    raise InputError(f"{f}: no column '{col}' (columns: "
+                                     f"{', '.join(schema.names)}; see --src-col/--dst-col)")
+                kinds.add(_id_kind(schema.field(col).type, str(f), col))
+            rows += meta.num_rows
+            for g in range(meta.num_row_groups):
+                rg = meta.row_group(g)
+                for i in range(rg.num_columns):
+                    c = rg.column(i)
+                    if c.path_in_schema in (src_col, dst_col):
+                        st = c.statistics
+                        if st is None or not st.has_min_max or st.null_count or \
+                                not isinstance(st.min, int):
+                            stats = False
+                        else:
+                            lo = st.min if lo is None else min(lo, st.min)
+                            hi = st.max if hi is None else max(hi, st.max)
+        if len(kinds) > 1:
+            raise InputError(f"{source}: columns '{src_col}' and '{dst_col}' mix id types "
+                             "(integers and strings)")
+        k = kinds.pop()
+
+        def pq_gen():
+            for f in files:
+                for b in iter_batches(f, [src_col, dst_col], chunk, source):
+                    yield (_id_column(b.column(0), src_col, k, str(f)),
+                           _id_column(b.column(1), dst_col, k, str(f)))
+        rng = (int(lo), int(hi)) if stats and lo is not None and k == "int64" else None
+        return IdEdges(source, k, pq_gen, rows, files, rng)
+    if kind == "csv":
+        from pyarrow import csv as pcsv
+
+        def reader():
+            try:
+                stream = pa.input_stream(str(p), compression="detect")
+                return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=32 << 20),
+                                     convert_options=pcsv.ConvertOptions(
+                                         include_columns=[src_col, dst_col],
+                                         strings_can_be_null=False))
+            except Exception as e:
+                msg = first_line(e)
+                if "include_columns" in msg or "not found" in msg.lower():
+                    msg = (f"needs a header row with columns '{src_col}' and '{dst_col}' "
+                           "(see --src-col/--dst-col)")
+                raise InputError(f"{source}: {msg}") from None
+        r = reader()
+        sch = r.schema
+        kinds = {_id_kind(sch.field(c).type, source, c) for c in (src_col, dst_col)}
+        r.close()
+        if len(kinds) > 1:
+            raise InputError(f"{source}: columns '{src_col}' and '{dst_col}' mix id types "
+                             "(integers and strings)")
+        k = kinds.pop()
+
+        def csv_gen():
+            rd = reader()
+            while True:
+                try:
+                    b = rd.read_next_batch()
+                except StopIteration:
+                    return
+                except Exception as e:
+                    msg = first_line(e)
+                    if "conversion error" in msg.lower() or "invalid value" in msg.lower():
+                        msg = f"an id column mixes id types ({msg})"
+                    raise InputError(f"{source}: {msg}") from None
+                yield (_id_column(b.column(0), src_col, k, source),
+                       _id_column(b.column(1), dst_col, k, source))
+        return IdEdges(source, k, csv_gen, None, [p])
+    raise InputError(f"--edges {p}: expected Parquet, CSV or .npy (use --npz for datasets)")
+
+
+def _as_int64(a: np.ndarray, source: str) -> np.ndarray:
+    if a.dtype == np.uint64 and len(a) and a.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{source}: node id {int(a.max())} does not fit int64")
+    return a.astype(np.int64, copy=False)

@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from lrgi_ooc.store import idcols
+from lrgi_ooc.store import ids as id_dict
 from lrgi_ooc.store import layout as st
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.base.progress import bar
@@ -101,10 +103,20 @@ def gather_info(store: st.GraphStore) -> dict[str, Any]:
         "arrays": arrays,
         "in_degree": degree_stats(store) if store.has(st.INDPTR) else None,
         "labels": _label_summary(store), "splits": splits,
+        "ids": _id_summary(store),
         "layers": store.layers(),
         "stages": {k: v.get("completed_at") for k, v in store.stages().items()},
         "bytes_on_disk": _store_bytes(store.path),
     }
+
+
+def _id_summary(store: st.GraphStore, sample: int = 5) -> dict[str, Any]:
+    """The id kind and the first few external ids (dense stores: ids are 0 .. N-1)."""
+    kind = id_dict.id_kind(store)
+    col = id_dict.external(store, 0, min(sample, store.num_nodes))
+    return {"kind": kind, "remapped": kind != id_dict.DENSE,
+            "sample": [idcols.display(col, i) if kind == "string" else int(col[i])
+                       for i in range(idcols.length(col))]}
 
 
 def _split_keys(store: st.GraphStore) -> list[tuple[int | None, dict[str, int]]]:

@@ -24,6 +24,7 @@ from lrgi_ooc.ingest import datasets
 from lrgi_ooc.ingest import edges
 from lrgi_ooc.ingest import tables as ingest
 from lrgi_ooc.store import layout as st
+from lrgi_ooc.stages import remapped
 from lrgi_ooc.store import publish
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.base.memory import parse_size
@@ -55,6 +56,9 @@ class PreprocessOptions:
     feature_dtype: str = "float32"
     memory_limit: str | int = "2GB"
     overwrite: bool = False
+    ids: str = "auto"
+    id_col: str = "id"
+    ignore_unknown_ids: bool = False
 
 
 @dataclass
@@ -73,12 +77,12 @@ class Options:
 
 
 _PATHS = ("out", "npz", "edges", "ogb_root", "features", "labels") + st.SPLIT_PARTS
-_FLAGS = ("undirected", "keep_self_loops", "keep_duplicates", "overwrite")
+_FLAGS = ("undirected", "keep_self_loops", "keep_duplicates", "overwrite", "ignore_unknown_ids")
 
 
 def _check_types(a: PreprocessOptions) -> None:
     """What argparse guaranteed for the CLI, for API and config callers too."""
-    for k in _PATHS + ("ogb", "src_col", "dst_col", "feature_dtype"):
+    for k in _PATHS + ("ogb", "src_col", "dst_col", "feature_dtype", "ids", "id_col"):
         v = getattr(a, k)
         if v is not None and not isinstance(v, (str, os.PathLike)):
             raise InputError(f"--{k.replace('_', '-')}: expected a path or name, got {v!r}")
@@ -99,6 +103,10 @@ def _options(a: PreprocessOptions) -> Options:
         raise InputError(f"--{extra[0]}: only with --edges (--npz and --ogb carry their own)")
     if a.ogb and not a.ogb_root:
         raise InputError("--ogb-root: required with --ogb")
+    if a.ids not in remapped.IDS_MODES:
+        raise InputError(f"--ids: must be auto, dense or remap, got '{a.ids}'")
+    if a.ids == "remap" and not a.edges:
+        raise InputError("--ids remap: only with --edges (--npz and --ogb have dense ids)")
     if a.feature_dtype not in FEATURE_DTYPES:
         raise InputError(f"--feature-dtype: must be float32 or float16, got '{a.feature_dtype}'")
     n = None
@@ -154,7 +162,7 @@ def _num_splits(splits: dict[str, ingest.Table], n: int | None) -> int:
     return counts["train"]
 
 
-def _resolve_nodes(ds: datasets.Dataset, o: Options) -> tuple[int, str]:
+def _resolve_nodes(ds: datasets.Dataset, o: Options, hint: str = "") -> tuple[int, str]:
     """N, and where it came from; every table's row count must agree with it."""
     cands: list[tuple[int, str, str]] = []          # (count, why, who must agree)
     if o.num_nodes is not None:
@@ -170,7 +178,7 @@ def _resolve_nodes(ds: datasets.Dataset, o: Options) -> tuple[int, str]:
     if ds.edges.num_edges == 0:
         raise InputError(f"{ds.edges.source}: the edge list is empty")
     if not cands:
-        return ds.edges.max_id() + 1, "max id + 1"
+        return ds.edges.max_id(hint) + 1, "max id + 1"
     n, why, _ = cands[0]
     for m, _, who in cands[1:]:
         if m != n:
@@ -341,12 +349,12 @@ def _version() -> str:
         return "unknown"
 
 
-def _provenance(ds: datasets.Dataset) -> dict[str, Any]:
+def _provenance(files: list[Path]) -> dict[str, Any]:
     def size(p: Path) -> int:
         if p.is_dir():
             return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
         return p.stat().st_size if p.exists() else 0
-    return {"inputs": [{"path": str(p.resolve()), "bytes": size(p)} for p in ds.files],
+    return {"inputs": [{"path": str(p.resolve()), "bytes": size(p)} for p in files],
             "command": " ".join(sys.argv), "lrgi_ooc_version": _version(),
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -369,11 +377,18 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
     publish.clean_stale(out)
     if out.exists() and not a.overwrite:
         raise InputError(f"--out {out}: output exists (use --overwrite to replace it)")
+    ie = remapped.id_edges(a, o.edge_chunk, o.num_nodes)
+    if ie is not None:
+        files = list(ie.files) + [Path(getattr(a, k)) for k in ("features", "labels")
+                                  + st.SPLIT_PARTS if getattr(a, k)]
+        return remapped.run(a, o, ie, _provenance(files), client)
     ds = _open(a, o)
     _check_tables(ds)
     n_splits = _num_splits(ds.splits, None)
-    n, why = _resolve_nodes(ds, o)
+    remap_hint = " (--ids remap takes ids that are not 0..N-1)" if a.ids == "dense" else ""
+    n, why = _resolve_nodes(ds, o, remap_hint)
     hint = "" if why in ("max id + 1", "--num-nodes") else f" (N from {why}; see --num-nodes)"
+    hint += remap_hint
     out.parent.mkdir(parents=True, exist_ok=True)
     staging, work = publish.staging_path(out), publish.work_path(out)
     config = {"inputs": [str(p) for p in ds.files], "ogb": a.ogb, "undirected": a.undirected,
@@ -382,7 +397,8 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
               "src_col": a.src_col, "dst_col": a.dst_col}
     features: list[Any] | None = None      # feature tasks submitted to Dask, not yet waited for
     try:
-        store = st.GraphStore.create(staging, {"num_nodes": n, "provenance": _provenance(ds)})
+        store = st.GraphStore.create(staging, {"num_nodes": n,
+                                               "provenance": _provenance(ds.files)})
         work.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {"label_kind": None, "num_classes": 0, "num_splits": n_splits}
         if ds.labels is not None:
