@@ -334,10 +334,11 @@ CASES = {
     "misnamed column": (lambda d: ["--edges", d / "e.parquet", "--dst-col", "to"],
                         "no column 'to'"),
     "csv columns": (lambda d: ["--edges", d / "e.csv"], "header row with columns 'src'"),
-    "csv non-integer": (lambda d: ["--edges", d / "x.csv"], "abc"),
+    "csv non-integer": (lambda d: ["--edges", d / "x.csv", "--ids", "dense"], "abc"),
     "float ids parquet": (lambda d: ["--edges", d / "float.parquet"], "must be integers"),
     "float ids npy": (lambda d: ["--edges", d / "efloat.npy"], "must be integers"),
-    "negative id": (lambda d: ["--edges", d / "neg.npy"], "node id -1 is negative"),
+    "negative id": (lambda d: ["--edges", d / "neg.npy", "--ids", "dense"],
+                    "node id -1 is negative"),
     "id out of range": (lambda d: ["--edges", d / "big.npy", "--num-nodes", "5"],
                         "node id 9 is out of range [0, 5)"),
     "id beyond features": (lambda d: ["--edges", d / "big.npy", "--features", d / "x.npy"],
@@ -390,10 +391,12 @@ def test_bad_input_exits_2_with_one_line(case, tiny, run_cli):
 
 
 def test_bad_input_in_subprocess_and_no_torch(tiny, tmp_path):
-    r = cli_run(["preprocess", "--edges", tiny / "neg.npy", "--out", tmp_path / "o"])
+    r = cli_run(["preprocess", "--edges", tiny / "neg.npy", "--ids", "dense",
+                 "--out", tmp_path / "o"])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [
-        f"lrgi-ooc preprocess: error: {tiny / 'neg.npy'}: node id -1 is negative"]
+        f"lrgi-ooc preprocess: error: {tiny / 'neg.npy'}: node id -1 is negative"
+        " (--ids remap takes ids that are not 0..N-1)"]
     code = ("import sys; from lrgi_ooc.cli.main import main\n"
             f"assert main(['preprocess', '--edges', {str(tiny / 'e.npy')!r}, '--features', "
             f"{str(tiny / 'x.npy')!r}, '--out', {str(tmp_path / 'g')!r}]) == 0\n"

@@ -1,6 +1,7 @@
 """Memory budgets: parsing `--memory-limit` and reading peak RSS."""
 from __future__ import annotations
 
+import ctypes
 import re
 import resource
 import sys
@@ -27,3 +28,27 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024
+
+
+_LIBC: list = []
+
+
+def libc():
+    """glibc, or None where there is none (then nothing below does anything)."""
+    if not _LIBC:
+        try:
+            lib = ctypes.CDLL(None)
+            lib.mallopt, lib.madvise        # glibc on Linux; elsewhere neither is used
+        except (OSError, AttributeError):
+            lib = None
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
+def return_freed_memory() -> None:
+    """glibc raises its mmap threshold up to 32 MB after large frees; buffers below it then
+    come from the heap and stay resident after `del` (measured: +60 to +100 MB peak RSS here).
+    A fixed threshold keeps every allocation >= 1 MB an mmap that free() returns at once.
+    Call it before a pass that allocates and frees many large blocks."""
+    if libc() is not None:
+        libc().mallopt(-3, 1 << 20)                # M_MMAP_THRESHOLD

@@ -31,6 +31,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from lrgi_ooc.base import progress
+from lrgi_ooc.base.memory import libc as _libc
+from lrgi_ooc.base.memory import return_freed_memory as _return_freed_memory
 from lrgi_ooc.store.fileio import read_into
 from lrgi_ooc.store import layout as store_module
 from lrgi_ooc.base.errors import InputError
@@ -64,28 +66,6 @@ def _kernels():
     plans, never pays numba's import (about 0.3 s of every `preprocess --scheduler`)."""
     from lrgi_ooc.csr import kernels as csrkernels
     return csrkernels
-
-
-_LIBC: list = []
-
-
-def _libc():
-    if not _LIBC:
-        try:
-            lib = ctypes.CDLL(None)
-            lib.mallopt, lib.madvise        # glibc on Linux; elsewhere neither is used
-        except (OSError, AttributeError):
-            lib = None
-        _LIBC.append(lib)
-    return _LIBC[0]
-
-
-def _return_freed_memory() -> None:
-    """glibc raises its mmap threshold up to 32 MB after large frees; buffers below it then
-    come from the heap and stay resident after `del` (measured: +60 to +100 MB peak RSS here).
-    A fixed threshold keeps every allocation >= 1 MB an mmap that free() returns at once."""
-    if _libc() is not None:
-        _libc().mallopt(-3, 1 << 20)                # M_MMAP_THRESHOLD
 
 
 def _empty(shape: tuple[int, ...], dtype) -> np.ndarray:

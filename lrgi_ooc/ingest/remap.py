@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.memory import return_freed_memory
 from lrgi_ooc.base.progress import bar
 from lrgi_ooc.store import idcols
 from lrgi_ooc.store.idcols import INT, Col
@@ -93,6 +94,7 @@ class Plan:
     tree: Node
     leaf_group: list[int]
     budget: int
+    chunk: int = 1 << 20                 # edges per chunk handed to the CSR build
     offsets: list[int] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
 
@@ -100,11 +102,12 @@ class Plan:
 class Remap:
     """Passes A and the splits (this process), then B (tasks) and C (chunks or parts)."""
 
-    def __init__(self, work: Path, kind: str, memory_limit: int, source: str):
+    def __init__(self, work: Path, kind: str, memory_limit: int, source: str,
+                 chunk: int = 1 << 20):
         self.work = Path(work) / "remap"
         shutil.rmtree(self.work, ignore_errors=True)
         (self.work / "buckets").mkdir(parents=True)
-        self.kind, self.source = kind, source
+        self.kind, self.source, self.chunk = kind, source, chunk
         self.budget = max(memory_limit // 8, 1 << 20)     # bytes of ids one group may hold
         bits = idcols.KEY_BITS[kind]
         self.root = Node(0, 0, (1 << bits) - 1, "r", children={}, child_depth=0, base=0,
@@ -146,11 +149,13 @@ class Remap:
                 self.buffers.add(self._files(child)[1], [k])
 
     def partition(self, chunks: Iterator[tuple[Col, Col]], total: int | None) -> None:
+        return_freed_memory()
         with bar(total, "remap: partition ids", "edges") as pb:
             for src, dst in chunks:
                 self._scatter(self.root, src, dst, dst)
                 pb.update(idcols.length(src))
         self.buffers.flush()
+        _release_arrow_memory()
         for v in sorted(self.root.children):
             self._resolve(self.root.children[v])
         self._group()
@@ -215,7 +220,8 @@ class Remap:
             leaf_group.append(len(groups) - 1)
         for g in range(len(groups)):
             (self.work / "routed" / str(g)).mkdir(parents=True, exist_ok=True)
-        self.plan = Plan(str(self.work), self.kind, groups, self.root, leaf_group, self.budget)
+        self.plan = Plan(str(self.work), self.kind, groups, self.root, leaf_group, self.budget,
+                         self.chunk)
 
     # ------------------------------------------------------------------ passes B and C
     def assign(self, client: Any = None) -> int:
@@ -249,6 +255,13 @@ class Remap:
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _release_arrow_memory() -> None:
+    """Hand the pages Arrow's pool kept after reading the input back to the OS (the CSR
+    build that follows needs the budget)."""
+    import pyarrow as pa
+    pa.default_memory_pool().release_unused()
 
 
 def _uniq_path(p: Plan, g: int) -> Path:
@@ -303,7 +316,7 @@ def group_task(p: Plan, g: int) -> int:
         idcols.save(f, [uniq])
     os.replace(tmp, _uniq_path(p, g))
     # the offset is not known yet (tasks run in any order): sources are written as ranks
-    routed = _Buffers(p.budget)
+    routed = _Buffers(p.budget // 4)        # small blocks: pass C runs beside the CSR build
     for e, _ in files:
         for s, d in idcols.load_blocks(e, 2):
             r = idcols.rank(s, uniq)
@@ -329,19 +342,25 @@ class Rewritten:
         p = self.plan
         uniq = next(iter(idcols.load_blocks(_uniq_path(p, self.h), 1)))[0]
         off = np.int64(p.offsets[self.h])
+        step = p.chunk
         for g in range(len(p.groups)):
             for r, d in idcols.load_blocks(Path(p.work) / "routed" / str(self.h) / f"{g}.bin", 2):
-                yield r + np.int64(p.offsets[g]), idcols.rank(d, uniq) + off
+                for a in range(0, len(r), step):     # the CSR build's own chunk size
+                    b = min(a + step, len(r))
+                    yield (r[a:b] + np.int64(p.offsets[g]),
+                           idcols.rank(idcols.take(d, np.arange(a, b)), uniq) + off)
+                del r, d
 
 
 # ------------------------------------------------------------------ deciding
 def needs_remap(kind: str, lo: int, hi: int, num_nodes: int | None, num_edges: int) -> bool:
-    """`--ids auto`: strings always; integers when negative, beyond a given N, or so sparse
-    that N = max id + 1 would be more than 4 ids per edge endpoint (mostly isolated nodes)."""
+    """`--ids auto`: strings always; integers when negative or so sparse that N = max id + 1
+    would be more than 4 ids per edge endpoint (mostly isolated nodes). A given
+    `--num-nodes` says the ids are dense: they are then checked against it, not remapped."""
     if kind != INT:
         return True
+    if num_nodes is not None:
+        return False
     if lo < 0:
         return True
-    if num_nodes is not None:
-        return hi >= num_nodes
     return hi + 1 > 8 * max(num_edges, 1) and hi + 1 > (1 << 20)

@@ -279,10 +279,17 @@ def parquet_schema(f: Path, source: str):
 
 def iter_batches(f: Path, columns: list[str], rows: int, source: str,
                   row_groups: tuple[int, ...] | None = None):
+    """Record batches of at most `rows` rows, one row group at a time: pyarrow's own
+    `iter_batches` reads ahead across row groups (about 400 MB above the data measured on a
+    320 MB file), which a memory budget cannot afford."""
     import pyarrow.parquet as pq
     try:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=max(1, rows), columns=columns,
-                                                  row_groups=row_groups)
+        pf = pq.ParquetFile(f)
+        groups = range(pf.num_row_groups) if row_groups is None else row_groups
+        for g in groups:
+            t = pf.read_row_group(g, columns=columns, use_threads=False)
+            yield from t.to_batches(max_chunksize=max(1, rows))
+            del t
     except InputError:
         raise
     except Exception as e:

@@ -246,6 +246,50 @@ def _check_tables(store: st.GraphStore, n: int, meta: dict[str, Any]) -> None:
         _need(a.shape[0] == n, f"{key}: {a.shape[0]} rows, expected {n}")
 
 
+def _check_ids(store: st.GraphStore, n: int) -> None:
+    """A remapped store's dictionary: N ids, strictly ascending (the lookup relies on it)."""
+    kind = id_dict.id_kind(store)
+    if kind == id_dict.DENSE:
+        return
+    if kind == "int64":
+        _need(store.has(st.NODE_IDS), f"{st.NODE_IDS}: missing (id_kind int64)")
+        a = _chunks_present(store, st.NODE_IDS)
+        _need(a.shape == (n,), f"{st.NODE_IDS}: shape {list(a.shape)}, expected [{n}]")
+        last = None
+        for s, blk in _blocks(store, st.NODE_IDS, BLOCK, st.NODE_IDS):
+            seq = blk if last is None else np.concatenate([[last], blk])
+            _none(seq[1:] <= seq[:-1], lambda i: f"{st.NODE_IDS}: not strictly ascending at "
+                                                 f"node {s + i}")
+            last = int(blk[-1]) if len(blk) else last
+        return
+    for key in (st.NODE_ID_OFFSETS, st.NODE_ID_BYTES):
+        _need(store.has(key), f"{key}: missing (id_kind string)")
+    off = _chunks_present(store, st.NODE_ID_OFFSETS)
+    _need(off.shape == (n + 1,), f"{st.NODE_ID_OFFSETS}: shape {list(off.shape)}, expected "
+                                 f"[{n + 1}]")
+    total = _chunks_present(store, st.NODE_ID_BYTES).num_rows
+    prev = None
+    for s in range(0, n, BLOCK):
+        col = id_dict.external(store, s, min(s + BLOCK, n))
+        lens = np.diff(col.offsets)
+        _none(lens <= 0, lambda i: f"{st.NODE_ID_OFFSETS}: empty or decreasing at node {s + i}")
+        _need(int(store.read_rows(st.NODE_ID_OFFSETS, s, s + 1)[0]) + int(col.offsets[-1])
+              <= total, f"{st.NODE_ID_BYTES}: shorter than the offsets say")
+        import pyarrow.compute as pc
+        arr = col.to_arrow()
+        if prev is not None:
+            arr = pa_concat(prev, arr)
+        up = pc.greater(arr[1:], arr[:-1]).to_numpy(zero_copy_only=False)
+        _none(~up, lambda i: f"{st.NODE_IDS}: string ids not strictly ascending near node "
+                             f"{s + i}")
+        prev = arr[-1:]
+
+
+def pa_concat(a, b):
+    import pyarrow as pa
+    return pa.concat_arrays([a, b])
+
+
 def validate(store: st.GraphStore) -> str | None:
     """The first broken invariant, or None when the store is sound."""
     meta = store.meta
@@ -260,6 +304,7 @@ def validate(store: st.GraphStore) -> str | None:
         n, e = int(meta["num_nodes"]), int(meta["num_edges"])
         _check_csr(store, n, e, meta)
         _check_tables(store, n, meta)
+        _check_ids(store, n)
     except Corrupt as c:
         return str(c)
     except InputError as err:          # unreadable array metadata inside a store

@@ -385,7 +385,7 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
     ds = _open(a, o)
     _check_tables(ds)
     n_splits = _num_splits(ds.splits, None)
-    remap_hint = " (--ids remap takes ids that are not 0..N-1)" if a.ids == "dense" else ""
+    remap_hint = " (--ids remap takes ids that are not 0..N-1)" if a.edges else ""
     n, why = _resolve_nodes(ds, o, remap_hint)
     hint = "" if why in ("max id + 1", "--num-nodes") else f" (N from {why}; see --num-nodes)"
     hint += remap_hint

@@ -75,7 +75,7 @@ def run(a: Any, o: Any, ie: edges.IdEdges, provenance: dict[str, Any],
     remap = None
     try:
         work.mkdir(parents=True, exist_ok=True)
-        remap = Remap(work, ie.kind, o.memory_limit, ie.source)
+        remap = Remap(work, ie.kind, o.memory_limit, ie.source, o.edge_chunk)
         remap.partition(ie.chunks(), ie.num_edges)
         n = remap.assign(client)
         store = st.GraphStore.create(staging, {"num_nodes": n, "provenance": provenance,

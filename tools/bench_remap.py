@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Preprocess with remapped ids against dense ids, on the same graph (issue 16).
+
+Writes three Parquet edge lists of the same topology (N nodes, E directed edges, uniform
+endpoints): dense ids 0..N-1, random int64 ids (a pool of N distinct random 64-bit values),
+and string ids (`user-<16 hex digits>`, 21 bytes). Then runs the real CLI on each, in a fresh
+process (`python -m lrgi_ooc preprocess --edges ... --undirected --memory-limit M`), and
+prints wall seconds, input edges/s and peak RSS. The first call of each kind is not timed
+twice: run with --repeat to take the best of several.
+
+    .venv/bin/python tools/bench_remap.py --work /tmp/bench_remap --edges 100000000 \\
+        --nodes 10000000 --memory-limit 4GB
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = 1 << 22
+
+
+def pools(n: int, seed: int) -> dict[str, pa.Array]:
+    rng = np.random.default_rng(seed)
+    ints = np.unique(rng.integers(-2**63, 2**63 - 1, size=int(n * 1.01), dtype=np.int64))
+    ints = rng.permutation(ints)[:n]
+    hexes = np.char.add("user-", np.char.zfill(np.char.mod("%x", rng.integers(
+        0, 2**62, size=n, dtype=np.int64)), 16))
+    return {"dense": pa.array(np.arange(n, dtype=np.int64)), "int64": pa.array(ints),
+            "string": pa.array(hexes.astype(str))}
+
+
+def write_inputs(work: Path, n: int, e: int, seed: int) -> dict[str, Path]:
+    out = {k: work / f"edges-{k}.parquet" for k in ("dense", "int64", "string")}
+    if all(p.exists() for p in out.values()):
+        return out
+    pool = pools(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    writers = {k: pq.ParquetWriter(out[k], pa.schema([("src", pool[k].type),
+                                                      ("dst", pool[k].type)]))
+               for k in out}
+    for a in range(0, e, BLOCK):
+        k = min(BLOCK, e - a)
+        s = pa.array(rng.integers(0, n, k))
+        d = pa.array(rng.integers(0, n, k))
+        for kind, w in writers.items():
+            w.write_table(pa.table({"src": pool[kind].take(s), "dst": pool[kind].take(d)}),
+                          row_group_size=1 << 20)
+    for w in writers.values():
+        w.close()
+    return out
+
+
+WRAPPER = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+           "sys.exit(p.returncode)")
+
+
+def run(edges: Path, out: Path, limit: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one preprocess process (a wrapper reads its RSS)."""
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, "-m", "lrgi_ooc",
+                        "preprocess", "--edges", str(edges), "--undirected", "--memory-limit",
+                        limit, "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True,
+                       env={"LRGI_OOC_QUIET": "1", "PATH": "/usr/bin:/bin"})
+    wall = time.time() - t0
+    if p.returncode:
+        sys.exit(p.stderr[-3000:])
+    return wall, int(p.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_remap"))
+    ap.add_argument("--edges", type=int, default=100_000_000)
+    ap.add_argument("--nodes", type=int, default=10_000_000)
+    ap.add_argument("--memory-limit", default="4GB")
+    ap.add_argument("--kinds", default="dense,int64,string")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    inputs = write_inputs(a.work, a.nodes, a.edges, a.seed)
+    print(f"inputs ready ({time.time() - t0:.0f} s): "
+          + ", ".join(f"{k} {p.stat().st_size / 2**30:.2f} GiB" for k, p in inputs.items()))
+    print("| ids | wall (s) | input edges/s | peak RSS (MiB) | vs dense |")
+    print("|---|---|---|---|---|")
+    dense = None
+    for kind in a.kinds.split(","):
+        best = min(run(inputs[kind], a.work / f"{kind}.zarr", a.memory_limit)
+                   for _ in range(a.repeat))
+        wall, rss = best
+        dense = wall if kind == "dense" else dense
+        ratio = f"{wall / dense:.2f}x" if dense else ""
+        print(f"| {kind} | {wall:.1f} | {a.edges / wall / 1e6:.2f} M | {rss:.0f} | {ratio} |",
+              flush=True)
+        shutil.rmtree(a.work / f"{kind}.zarr", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
