@@ -85,6 +85,25 @@ def _select(col: Col, mask: np.ndarray) -> Col:
     return idcols.take(col, np.flatnonzero(mask))
 
 
+def _split(v: np.ndarray, cols: list[Col]) -> Iterator[tuple[int, list[Col]]]:
+    """(child, the rows of `cols` routed to it) for every child present, in order; `v`: the
+    child number of each row (0..255)."""
+    counts = np.bincount(v, minlength=FANOUT)
+    order = np.argsort(v.astype(np.uint8), kind="stable")      # a radix sort for uint8
+    parts = [idcols.take(c, order) for c in cols]
+    ends = np.cumsum(counts)
+    for c in np.flatnonzero(counts):
+        a, b = int(ends[c] - counts[c]), int(ends[c])
+        yield int(c), [_slice(p, a, b) for p in parts]
+
+
+def _slice(col: Col, a: int, b: int) -> Col:
+    if isinstance(col, idcols.StrCol):
+        off = col.offsets[a:b + 1]
+        return idcols.StrCol(off - off[0], col.data[off[0]:off[-1]])
+    return col[a:b]
+
+
 @dataclass
 class Plan:
     """What pass B tasks need: picklable, paths only."""
@@ -131,20 +150,16 @@ class Remap:
         return c
 
     def _scatter(self, node: Node, src: Col, dst: Col | None, keys: Col | None) -> None:
-        """Route edges (by source) and destination ids into `node`'s children."""
+        """Route edges (by source) and destination ids into `node`'s children: one stable
+        counting sort of the child numbers (< 256) per block, then contiguous slices."""
         if src is not None and idcols.length(src):
-            v = node.route(src)
-            for c in np.unique(v):
-                m = v == c
-                child = self._child(node, int(c))
-                s, d = _select(src, m), _select(dst, m)
+            for c, (s, d) in _split(node.route(src), [src, dst]):
+                child = self._child(node, c)
                 child.nbytes += s.nbytes + d.nbytes
                 self.buffers.add(self._files(child)[0], [s, d])
         if keys is not None and idcols.length(keys):
-            v = node.route(keys)
-            for c in np.unique(v):
-                child = self._child(node, int(c))
-                k = _select(keys, v == c)
+            for c, (k,) in _split(node.route(keys), [keys]):
+                child = self._child(node, c)
                 child.nbytes += k.nbytes
                 self.buffers.add(self._files(child)[1], [k])
 
@@ -278,7 +293,26 @@ def _leaf_of(node: Node, col: Col, out: np.ndarray, idx: np.ndarray) -> None:
         _leaf_of(node.children[int(c)], idcols.take(col, m), out, idx[m])
 
 
-def leaf_of(tree: Node, col: Col) -> np.ndarray:
+def _leaf_lows(tree: Node) -> np.ndarray:
+    """Integer ids have one key level, so the leaves are ascending key intervals: the leaf of
+    a key is found by one search over their lower bounds."""
+    lows: list[int] = []
+
+    def walk(node: Node) -> None:
+        if node.children is None:
+            lows.append(node.lo)
+            return
+        for v in sorted(node.children):
+            walk(node.children[v])
+    walk(tree)
+    return np.array(lows, dtype=np.uint64)
+
+
+def leaf_of(tree: Node, col: Col, lows: np.ndarray | None = None) -> np.ndarray:
+    """The leaf (bucket) index of every id of `col` (ids that the partition saw)."""
+    if not isinstance(col, idcols.StrCol):
+        lows = _leaf_lows(tree) if lows is None else lows
+        return np.searchsorted(lows, idcols.key(col, 0), side="right").astype(np.int64) - 1
     out = np.full(idcols.length(col), -1, np.int64)
     _leaf_of(tree, col, out, np.arange(idcols.length(col)))
     return out
@@ -317,10 +351,12 @@ def group_task(p: Plan, g: int) -> int:
     os.replace(tmp, _uniq_path(p, g))
     # the offset is not known yet (tasks run in any order): sources are written as ranks
     routed = _Buffers(p.budget // 4)        # small blocks: pass C runs beside the CSR build
+    lows = _leaf_lows(p.tree) if p.kind == INT and len(p.groups) > 1 else None
     for e, _ in files:
         for s, d in idcols.load_blocks(e, 2):
             r = idcols.rank(s, uniq)
-            to = np.asarray(p.leaf_group, np.int64)[leaf_of(p.tree, d)]
+            to = np.zeros(len(r), np.int64) if len(p.groups) == 1 else \
+                np.asarray(p.leaf_group, np.int64)[leaf_of(p.tree, d, lows)]
             for h in np.unique(to):
                 m = to == h
                 routed.add(work / "routed" / str(int(h)) / f"{g}.part", [r[m], _select(d, m)])

@@ -101,7 +101,11 @@ def unique_sorted(col: Col) -> Col:
 def rank(col: Col, uniq: Col) -> np.ndarray:
     """Position of each id in `uniq` (sorted, containing every id of `col`)."""
     if not isinstance(col, StrCol):
-        return np.searchsorted(uniq, col).astype(np.int64)
+        if len(col) < 1 << 16:
+            return np.searchsorted(uniq, col).astype(np.int64)
+        from lrgi_ooc.store.idkernel import rank_int64
+        return rank_int64(uniq if uniq.dtype == np.int64 else uniq.astype(np.int64),
+                          np.asarray(col, np.int64))
     import pyarrow.compute as pc
     pos = pc.index_in(col.to_arrow(), value_set=uniq.to_arrow())
     return pos.to_numpy(zero_copy_only=False).astype(np.int64)
