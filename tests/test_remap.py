@@ -114,8 +114,16 @@ def _preprocess(files: dict, out: Path, *extra: str) -> int:
     return main([*args, *extra])
 
 
+@pytest.fixture(params=["partitioned", "in-memory"])
+def path(request, monkeypatch):
+    """Both remap paths: bucket files, and the dictionary held in memory when it fits."""
+    from lrgi_ooc.ingest import remap
+    monkeypatch.setattr(remap, "IN_MEMORY", request.param == "in-memory")
+    return request.param
+
+
 @pytest.mark.parametrize("kind", ["int64", "string"])
-def test_remapped_store_equals_an_in_memory_reference(kind, tmp_path):
+def test_remapped_store_equals_an_in_memory_reference(kind, path, tmp_path):
     files, ref = _graph(tmp_path / "in", kind)
     assert _preprocess(files, tmp_path / "g.zarr") == 0
     _check_store(tmp_path / "g.zarr", ref, kind)
@@ -135,7 +143,7 @@ def _same_arrays(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["int64", "string"])
-def test_remap_on_a_local_cluster_is_identical(kind, tmp_path):
+def test_remap_on_a_local_cluster_is_identical(kind, path, tmp_path):
     files, _ = _graph(tmp_path / "in", kind, n_edges=8000)
     assert _preprocess(files, tmp_path / "a.zarr") == 0
     assert _preprocess(files, tmp_path / "b.zarr", "--workers", "2") == 0
@@ -280,15 +288,22 @@ def test_remap_20m_edges_of_random_64_bit_ids_within_256mb(tmp_path):
             w.write_table(pa.table({"src": pool[rng.integers(0, len(pool), k)],
                                     "dst": pool[rng.integers(0, len(pool), k)]},
                                    schema=schema)[:min(k, total)])
-    out = tmp_path / "g.zarr"
-    cmd = [sys.executable, "-c", WRAPPER, sys.executable, "-m", "lrgi_ooc", "preprocess",
-           "--edges", str(edges), "--out", str(out), "--memory-limit", f"{LIMIT_MB}MB"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=1200)
-    assert p.returncode == 0, p.stderr[-2000:]
-    peak_mb = int(p.stdout.strip().splitlines()[-1]) // 1024
-    # the dense-id test reads .npy; Parquet input loads pyarrow too (40 MB measured)
-    assert peak_mb < LIMIT_MB + FIXED_OVERHEAD_MB + PYARROW_MB, f"peak RSS {peak_mb} MB"
-    g = GraphStore(out)
-    assert g.meta["id_kind"] == "int64" and g.num_nodes == len(pool)
-    np.testing.assert_array_equal(g.read_rows("node/ids", 0, g.num_nodes), pool)
-    assert int(np.asarray(g.indptr())[-1]) == g.num_edges > 0
+    stores = []
+    for in_memory in ("1", "0"):                 # the dictionary in memory, then partitioned
+        out = tmp_path / f"g{in_memory}.zarr"
+        cmd = [sys.executable, "-c", WRAPPER, sys.executable, "-m", "lrgi_ooc", "preprocess",
+               "--edges", str(edges), "--out", str(out), "--memory-limit", f"{LIMIT_MB}MB"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
+                           env=dict(cli_env(), LRGI_OOC_REMAP_IN_MEMORY=in_memory))
+        assert p.returncode == 0, p.stderr[-2000:]
+        peak_mb = int(p.stdout.strip().splitlines()[-1]) // 1024
+        # the dense-id test reads .npy; Parquet input loads pyarrow too (40 MB measured)
+        assert peak_mb < LIMIT_MB + FIXED_OVERHEAD_MB + PYARROW_MB, (in_memory, peak_mb)
+        g = GraphStore(out)
+        assert g.meta["id_kind"] == "int64" and g.num_nodes == len(pool)
+        np.testing.assert_array_equal(g.read_rows("node/ids", 0, g.num_nodes), pool)
+        assert int(np.asarray(g.indptr())[-1]) == g.num_edges > 0
+        stores.append(g)
+    for key in ("csr/indptr", "csr/indices"):
+        np.testing.assert_array_equal(np.asarray(stores[0].mmap(key)),
+                                      np.asarray(stores[1].mmap(key)))

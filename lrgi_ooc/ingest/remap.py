@@ -323,12 +323,12 @@ def _distinct(blocks: Iterator[Col], kind: str, budget: int) -> Col:
     acc: list[Col] = []
     size = 0
     for b in blocks:
-        acc.append(idcols.unique_sorted(b))
+        acc.append(idcols.distinct(b))
         size += acc[-1].nbytes
         if size > budget and len(acc) > 1:
-            acc = [idcols.unique_sorted(idcols.concat(acc, kind))]
+            acc = [idcols.distinct(idcols.concat(acc, kind))]
             size = acc[0].nbytes
-    return idcols.unique_sorted(idcols.concat(acc, kind)) if len(acc) != 1 else acc[0]
+    return idcols.unique_sorted(idcols.concat(acc, kind))
 
 
 def group_task(p: Plan, g: int) -> int:
@@ -357,7 +357,7 @@ def group_task(p: Plan, g: int) -> int:
             r = idcols.rank(s, uniq)
             to = np.zeros(len(r), np.int64) if len(p.groups) == 1 else \
                 np.asarray(p.leaf_group, np.int64)[leaf_of(p.tree, d, lows)]
-            for h in np.unique(to):
+            for h in np.flatnonzero(np.bincount(to)):
                 m = to == h
                 routed.add(work / "routed" / str(int(h)) / f"{g}.part", [r[m], _select(d, m)])
     routed.flush()
@@ -375,17 +375,33 @@ class Rewritten:
     h: int
 
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The CSR build reads its input twice (a counting pass, then the build): the first
+        read rewrites the destinations and keeps the dense pairs (16 bytes per edge), the
+        second streams them back."""
         p = self.plan
+        done = Path(p.work) / "dense" / f"{self.h}.bin"
+        step = p.chunk
+        if done.exists():
+            for src, dst in idcols.load_blocks(done, 2):
+                for a in range(0, len(src), step):
+                    yield src[a:a + step], dst[a:a + step]
+            return
+        done.parent.mkdir(exist_ok=True)
+        tmp = done.with_suffix(f".tmp-{os.getpid()}")
         uniq = next(iter(idcols.load_blocks(_uniq_path(p, self.h), 1)))[0]
         off = np.int64(p.offsets[self.h])
-        step = p.chunk
-        for g in range(len(p.groups)):
-            for r, d in idcols.load_blocks(Path(p.work) / "routed" / str(self.h) / f"{g}.bin", 2):
-                for a in range(0, len(r), step):     # the CSR build's own chunk size
-                    b = min(a + step, len(r))
-                    yield (r[a:b] + np.int64(p.offsets[g]),
-                           idcols.rank(idcols.take(d, np.arange(a, b)), uniq) + off)
-                del r, d
+        with open(tmp, "wb") as f:
+            for g in range(len(p.groups)):
+                part = Path(p.work) / "routed" / str(self.h) / f"{g}.bin"
+                for r, d in idcols.load_blocks(part, 2):
+                    # one lookup per stored block (a string lookup hashes `uniq` on every
+                    # call), handed on in the CSR build's own chunk size
+                    src, dst = r + np.int64(p.offsets[g]), idcols.rank(d, uniq) + off
+                    del r, d
+                    idcols.save(f, [src, dst])
+                    for a in range(0, len(src), step):
+                        yield src[a:a + step], dst[a:a + step]
+        os.replace(tmp, done)
 
 
 # ------------------------------------------------------------------ deciding
@@ -400,3 +416,81 @@ def needs_remap(kind: str, lo: int, hi: int, num_nodes: int | None, num_edges: i
     if lo < 0:
         return True
     return hi + 1 > 8 * max(num_edges, 1) and hi + 1 > (1 << 20)
+
+
+# ------------------------------------------------------------------ a dictionary that fits
+# the partitioned passes can be forced (tests, benchmarks): LRGI_OOC_REMAP_IN_MEMORY=0
+IN_MEMORY = os.environ.get("LRGI_OOC_REMAP_IN_MEMORY", "1") != "0"
+
+
+class InMemory:
+    """The same remap when the distinct ids fit the budget (most graphs: 10 M int64 ids are
+    80 MB): one pass collects them (sorted, deduplicated block by block) and keeps the raw
+    pairs in one file; the CSR build's first read rewrites those through the sorted ids and
+    keeps the dense pairs for its second. Same dense ids, same store, no bucket files."""
+
+    def __init__(self, work: Path, kind: str, memory_limit: int, source: str,
+                 chunk: int = 1 << 20):
+        self.work = Path(work) / "remap-mem"
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.kind, self.source, self.chunk = kind, source, chunk
+        self.budget = max(memory_limit // 8, 1 << 20)
+        self.uniq: Col | None = None
+        self.input: Callable[[], Iterator[tuple[Col, Col]]] | None = None
+
+    def collect(self, chunks: Callable[[], Iterator[tuple[Col, Col]]],
+                total: int | None) -> bool:
+        """The distinct ids, or False (nothing kept) as soon as they outgrow the budget."""
+        acc: list[Col] = []
+        size = 0
+        return_freed_memory()
+        raw = self.work / "raw.bin"
+        with bar(total, "remap: distinct ids", "edges") as pb, open(raw, "wb") as f:
+            for s, d in chunks():
+                acc.append(idcols.distinct(idcols.concat([s, d], self.kind)))
+                idcols.save(f, [s, d])     # the CSR build reads these, not the input again
+                size += acc[-1].nbytes
+                if size > self.budget and len(acc) > 1:
+                    acc = [idcols.distinct(idcols.concat(acc, self.kind))]
+                    size = acc[0].nbytes
+                    if size > self.budget:     # does not fit: the partitioned passes
+                        return False
+                pb.update(idcols.length(s))
+        self.uniq = idcols.unique_sorted(idcols.concat(acc, self.kind)) if acc else None
+        if self.uniq is None or not idcols.length(self.uniq):
+            raise InputError(f"{self.source}: the edge list is empty")
+        self.input = lambda: iter(idcols.load_blocks(raw, 2))
+        _release_arrow_memory()
+        return True
+
+    @property
+    def num_nodes(self) -> int:
+        return idcols.length(self.uniq)
+
+    def ids(self) -> Iterator[Col]:
+        yield self.uniq
+
+    def chunks(self) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+        done = self.work / "dense.bin"
+
+        def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            if done.exists():
+                for s, d in idcols.load_blocks(done, 2):
+                    for a in range(0, len(s), self.chunk):
+                        yield s[a:a + self.chunk], d[a:a + self.chunk]
+                return
+            tmp = done.with_suffix(f".tmp-{os.getpid()}")
+            with open(tmp, "wb") as f:
+                for s, d in self.input():
+                    pair = [idcols.rank(s, self.uniq), idcols.rank(d, self.uniq)]
+                    del s, d
+                    idcols.save(f, pair)
+                    for a in range(0, len(pair[0]), self.chunk):
+                        yield pair[0][a:a + self.chunk], pair[1][a:a + self.chunk]
+            os.replace(tmp, done)
+            (self.work / "raw.bin").unlink(missing_ok=True)
+        return gen
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)

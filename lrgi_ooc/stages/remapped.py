@@ -17,7 +17,8 @@ import numpy as np
 
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.ingest import edges, keyed
-from lrgi_ooc.ingest.remap import Remap, needs_remap
+from lrgi_ooc.ingest import remap as remap_mod
+from lrgi_ooc.ingest.remap import InMemory, Remap, needs_remap
 from lrgi_ooc.store import idcols, ids, publish
 from lrgi_ooc.store import layout as st
 
@@ -75,9 +76,18 @@ def run(a: Any, o: Any, ie: edges.IdEdges, provenance: dict[str, Any],
     remap = None
     try:
         work.mkdir(parents=True, exist_ok=True)
-        remap = Remap(work, ie.kind, o.memory_limit, ie.source, o.edge_chunk)
-        remap.partition(ie.chunks(), ie.num_edges)
-        n = remap.assign(client)
+        remap = None
+        if client is None and remap_mod.IN_MEMORY:
+            remap = InMemory(work, ie.kind, o.memory_limit, ie.source, o.edge_chunk)
+            if not remap.collect(ie.chunks, ie.num_edges):
+                remap.close()
+                remap = None
+        if remap is None:
+            remap = Remap(work, ie.kind, o.memory_limit, ie.source, o.edge_chunk)
+            remap.partition(ie.chunks(), ie.num_edges)
+            n = remap.assign(client)
+        else:
+            n = remap.num_nodes
         store = st.GraphStore.create(staging, {"num_nodes": n, "provenance": provenance,
                                                "id_kind": ie.kind})
         total = sum(int(b.offsets[-1]) for b in remap.ids()) if ie.kind == idcols.STR else 0
