@@ -111,6 +111,11 @@ def distinct(col: Col) -> Col:
     costs 20x more), the sorted form for integers (a sort is the fastest there)."""
     if not isinstance(col, StrCol):
         return unique_sorted(col)
+    if len(col) >= 1 << 16:
+        from lrgi_ooc.store.idkernel import distinct_strings
+        reps = distinct_strings(col)
+        if reps is not None:
+            return col.take(reps)
     import pyarrow.compute as pc
     return StrCol.from_arrow(pc.unique(col.to_arrow()))
 
@@ -123,6 +128,19 @@ def rank(col: Col, uniq: Col) -> np.ndarray:
         from lrgi_ooc.store.idkernel import rank_int64
         return rank_int64(uniq if uniq.dtype == np.int64 else uniq.astype(np.int64),
                           np.asarray(col, np.int64))
+    if len(col) >= 1 << 16:
+        from lrgi_ooc.store.idkernel import rank_strings
+        r, ok = rank_strings(uniq, col)
+        if ok.all():
+            return r
+        miss = np.flatnonzero(~ok)               # a hash collision: look those up exactly
+        r[miss] = rank(col.take(miss), uniq) if len(miss) < 1 << 16 else _index_in(
+            col.take(miss), uniq)
+        return r
+    return _index_in(col, uniq)
+
+
+def _index_in(col: "StrCol", uniq: "StrCol") -> np.ndarray:
     import pyarrow.compute as pc
     pos = pc.index_in(col.to_arrow(), value_set=uniq.to_arrow())
     return pos.to_numpy(zero_copy_only=False).astype(np.int64)

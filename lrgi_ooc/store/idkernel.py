@@ -63,3 +63,81 @@ def rank_int64(uniq: np.ndarray, queries: np.ndarray) -> np.ndarray:
     qu = np.ascontiguousarray(queries, np.int64).view(np.uint64) ^ np.uint64(1 << 63)
     _rank(su, qu, table, np.uint64(base), np.uint64(shift), np.uint64(len(table) - 1), out)
     return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _hash_strings(offsets, data, out):
+    """64-bit FNV-1a of every string, mixed (splitmix64) so that sorted hashes spread."""
+    for i in prange(offsets.shape[0] - 1):
+        h = np.uint64(14695981039346656037)
+        for j in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[j])) * np.uint64(1099511628211)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+        out[i] = h
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _same_strings(qo, qd, uo, ud, rank, ok):
+    for i in prange(qo.shape[0] - 1):
+        r = rank[i]
+        a0, a1 = qo[i], qo[i + 1]
+        b0, b1 = uo[r], uo[r + 1]
+        same = (a1 - a0) == (b1 - b0)
+        if same:
+            for k in range(a1 - a0):
+                if qd[a0 + k] != ud[b0 + k]:
+                    same = False
+                    break
+        ok[i] = same
+
+
+_STR_LAST: list = []
+
+
+def rank_strings(uniq, col) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each string of `col` in the sorted distinct strings `uniq`, whether it was
+    found by hash): one hash table of `uniq` (sorted 64-bit hashes) kept across calls, then
+    a search per string and a byte comparison that confirms it. Strings not confirmed (not
+    in `uniq`, or a hash collision) are for the caller to look up otherwise."""
+    if _STR_LAST and _STR_LAST[0][0] is uniq:
+        _, order, hashes = _STR_LAST[0]
+    else:
+        h = np.empty(len(uniq.offsets) - 1, np.uint64)
+        _hash_strings(uniq.offsets, uniq.data if len(uniq.data) else np.zeros(1, np.uint8), h)
+        order = np.argsort(h, kind="stable")
+        hashes = h[order].view(np.int64) ^ np.int64(-2**63)     # as sorted signed keys
+        hashes = np.sort(hashes)
+        _STR_LAST[:] = [(uniq, order, hashes)]
+    q = np.empty(len(col.offsets) - 1, np.uint64)
+    _hash_strings(col.offsets, col.data if len(col.data) else np.zeros(1, np.uint8), q)
+    pos = rank_int64(hashes, q.view(np.int64) ^ np.int64(-2**63))
+    pos = np.minimum(pos, len(order) - 1)
+    rank = order[pos]
+    ok = np.empty(len(rank), np.bool_)
+    _same_strings(col.offsets, col.data if len(col.data) else np.zeros(1, np.uint8),
+                  uniq.offsets, uniq.data if len(uniq.data) else np.zeros(1, np.uint8),
+                  rank, ok)
+    return rank, ok
+
+
+def distinct_strings(col):
+    """Indices of one representative of every distinct string of `col` (by 64-bit hash,
+    confirmed byte by byte), or None when two different strings share a hash."""
+    data = col.data if len(col.data) else np.zeros(1, np.uint8)
+    h = np.empty(len(col.offsets) - 1, np.uint64)
+    _hash_strings(col.offsets, data, h)
+    order = np.argsort(h)
+    hs = h[order]
+    first = np.empty(len(hs), np.bool_)
+    first[:1] = True
+    np.not_equal(hs[1:], hs[:-1], out=first[1:])
+    reps = order[first]
+    rep_of = np.empty(len(h), np.int64)
+    rep_of[order] = reps[np.cumsum(first) - 1]
+    ok = np.empty(len(h), np.bool_)
+    _same_strings(col.offsets, data, col.offsets, data, rep_of, ok)
+    return np.sort(reps) if ok.all() else None
