@@ -307,3 +307,19 @@ def test_remap_20m_edges_of_random_64_bit_ids_within_256mb(tmp_path):
     for key in ("csr/indptr", "csr/indices"):
         np.testing.assert_array_equal(np.asarray(stores[0].mmap(key)),
                                       np.asarray(stores[1].mmap(key)))
+
+
+def test_compiled_string_and_int_lookups_equal_the_exact_ones():
+    # the kernels run on blocks of >= 65536 ids, which the small graphs above never reach
+    rng = np.random.default_rng(5)
+    pool = [f"user-{x:016x}" for x in rng.integers(0, 2**62, 70000)] + ["é", "a\x00b", "a"]
+    col = idcols.StrCol.from_arrow(pa.array([pool[i] for i in rng.integers(0, len(pool),
+                                                                          200000)]))
+    d = idcols.distinct(col)
+    assert sorted(d.to_arrow().to_pylist()) == sorted(set(col.to_arrow().to_pylist()))
+    u = idcols.unique_sorted(col)
+    np.testing.assert_array_equal(idcols.rank(col, u), idcols._index_in(col, u))
+    ints = _int_ids(rng, 100000)
+    q = ints[rng.integers(0, len(ints), 300000)]
+    np.testing.assert_array_equal(idcols.rank(q, ints), np.searchsorted(ints, q))
+    np.testing.assert_array_equal(idcols.unique_sorted(q), np.unique(q))
