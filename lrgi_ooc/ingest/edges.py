@@ -131,6 +131,22 @@ class _ParquetPart:
 PART_EDGES = 1 << 23     # about 8 M edges per part: enough tasks, little per-task overhead
 
 
+def _id_stats(meta, cols: tuple[str, str]) -> Iterator[tuple[str, int | None, int | None]]:
+    """(column, min, max) of every row group's id columns from the Parquet statistics;
+    (column, None, None) where a row group has none, nulls, or no integer min/max."""
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for i in range(rg.num_columns):
+            c = rg.column(i)
+            if c.path_in_schema in cols:
+                st = c.statistics
+                if st is None or not st.has_min_max or st.null_count or \
+                        not isinstance(st.min, int):
+                    yield c.path_in_schema, None, None
+                else:
+                    yield c.path_in_schema, int(st.min), int(st.max)
+
+
 def npy_edges(arr: NpyArray, chunk: int) -> EdgeInput:
     """[2, E] or [E, 2] integer array; Fortran order handled by reading the storage layout."""
     if len(arr.shape) != 2 or 2 not in arr.shape:
@@ -174,20 +190,14 @@ def parquet_edges(path: Path, src: str, dst: str, chunk: int) -> EdgeInput:
                 raise InputError(f"{f}: column '{col}' has type {t}; node ids must be integers "
                                  "(--ids remap takes string ids)")
         rows += meta.num_rows
-        for g in range(meta.num_row_groups):
-            rg = meta.row_group(g)
-            for i in range(rg.num_columns):
-                c = rg.column(i)
-                if c.path_in_schema in (src, dst):
-                    st = c.statistics
-                    if st is None or not st.has_min_max or st.null_count:
-                        stats_ok = False
-                    elif st.min < 0:
-                        raise InputError(f"{f}: column '{c.path_in_schema}' has negative "
-                                         f"node id {st.min} (--ids remap takes any int64 "
-                                         "ids)")
-                    else:
-                        hi = max(hi, int(st.max))
+        for col, lo, top in _id_stats(meta, (src, dst)):
+            if lo is None:
+                stats_ok = False
+            elif lo < 0:
+                raise InputError(f"{f}: column '{col}' has negative node id {lo} (--ids remap "
+                                 "takes any int64 ids)")
+            else:
+                hi = max(hi, top)
 
     def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for f in files:
@@ -348,18 +358,12 @@ def open_id_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
                                      f"{', '.join(schema.names)}; see --src-col/--dst-col)")
                 kinds.add(_id_kind(schema.field(col).type, str(f), col))
             rows += meta.num_rows
-            for g in range(meta.num_row_groups):
-                rg = meta.row_group(g)
-                for i in range(rg.num_columns):
-                    c = rg.column(i)
-                    if c.path_in_schema in (src_col, dst_col):
-                        st = c.statistics
-                        if st is None or not st.has_min_max or st.null_count or \
-                                not isinstance(st.min, int):
-                            stats = False
-                        else:
-                            lo = st.min if lo is None else min(lo, st.min)
-                            hi = st.max if hi is None else max(hi, st.max)
+            for _, a, b in _id_stats(meta, (src_col, dst_col)):
+                if a is None:
+                    stats = False
+                else:
+                    lo = a if lo is None else min(lo, a)
+                    hi = b if hi is None else max(hi, b)
         if len(kinds) > 1:
             raise InputError(f"{source}: columns '{src_col}' and '{dst_col}' mix id types "
                              "(integers and strings)")

@@ -23,15 +23,14 @@ _HIST = 1 << 16          # degrees below this are counted exactly in a histogram
 
 
 # --------------------------------------------------------------------------- info
-def degree_stats(store: st.GraphStore, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
-    """Exact in-degree min/mean/max/quantiles from indptr, streamed: a histogram of small
-    degrees plus the (few: at most E / 65536) large degrees kept verbatim."""
-    n = store.num_nodes
+def degree_counts(store: st.GraphStore, desc: str = "degrees") -> tuple[np.ndarray, np.ndarray]:
+    """(histogram of the in-degrees below 65536, the few larger degrees sorted: at most
+    E / 65536 of them), streamed from indptr: exact statistics in bounded memory."""
     hist = np.zeros(_HIST, np.int64)
     big: list[np.ndarray] = []
     prev = None
-    with bar(n, "degrees", "nodes") as pb:
-        for s, blk in store.iter_blocks(st.INDPTR, BLOCK):
+    with bar(store.num_nodes, desc, "nodes") as pb:
+        for _, blk in store.iter_blocks(st.INDPTR, BLOCK):
             ptr = blk if prev is None else np.concatenate([[prev], blk])
             deg = np.diff(ptr.astype(np.int64))
             prev = int(blk[-1])
@@ -40,7 +39,13 @@ def degree_stats(store: st.GraphStore, quantiles=(0.5, 0.9, 0.99)) -> dict[str, 
             if not small.all():
                 big.append(deg[~small])
             pb.update(len(deg))
-    large = np.sort(np.concatenate(big)) if big else np.zeros(0, np.int64)
+    return hist, np.sort(np.concatenate(big)) if big else np.zeros(0, np.int64)
+
+
+def degree_stats(store: st.GraphStore, quantiles=(0.5, 0.9, 0.99)) -> dict[str, Any]:
+    """Exact in-degree min/mean/max/quantiles from indptr, streamed."""
+    n = store.num_nodes
+    hist, large = degree_counts(store)
     if n == 0:
         return {}
     cum = np.cumsum(hist)
@@ -275,19 +280,15 @@ def _check_ids(store: st.GraphStore, n: int) -> None:
         _none(lens <= 0, lambda i: f"{st.NODE_ID_OFFSETS}: empty or decreasing at node {s + i}")
         _need(int(store.read_rows(st.NODE_ID_OFFSETS, s, s + 1)[0]) + int(col.offsets[-1])
               <= total, f"{st.NODE_ID_BYTES}: shorter than the offsets say")
+        import pyarrow as pa
         import pyarrow.compute as pc
         arr = col.to_arrow()
         if prev is not None:
-            arr = pa_concat(prev, arr)
+            arr = pa.concat_arrays([prev, arr])
         up = pc.greater(arr[1:], arr[:-1]).to_numpy(zero_copy_only=False)
         _none(~up, lambda i: f"{st.NODE_IDS}: string ids not strictly ascending near node "
                              f"{s + i}")
         prev = arr[-1:]
-
-
-def pa_concat(a, b):
-    import pyarrow as pa
-    return pa.concat_arrays([a, b])
 
 
 def validate(store: st.GraphStore) -> str | None:

@@ -76,7 +76,6 @@ def run(a: Any, o: Any, ie: edges.IdEdges, provenance: dict[str, Any],
     remap = None
     try:
         work.mkdir(parents=True, exist_ok=True)
-        remap = None
         if client is None and remap_mod.IN_MEMORY:
             remap = InMemory(work, ie.kind, o.memory_limit, ie.source, o.edge_chunk)
             if not remap.collect(ie.chunks, ie.num_edges):

@@ -110,7 +110,6 @@ def rank_strings(uniq, col) -> tuple[np.ndarray, np.ndarray]:
         _hash_strings(uniq.offsets, uniq.data if len(uniq.data) else np.zeros(1, np.uint8), h)
         order = np.argsort(h, kind="stable")
         hashes = h[order].view(np.int64) ^ np.int64(-2**63)     # as sorted signed keys
-        hashes = np.sort(hashes)
         _STR_LAST[:] = [(uniq, order, hashes)]
     q = np.empty(len(col.offsets) - 1, np.uint64)
     _hash_strings(col.offsets, col.data if len(col.data) else np.zeros(1, np.uint8), q)
