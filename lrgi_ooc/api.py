@@ -4,7 +4,8 @@
 with the same defaults (the CLI reads its defaults from these signatures), the same checks
 and the same one-line messages: bad input raises `lrgi_ooc.InputError`. Each function opens a
 Dask cluster when `workers` / `scheduler` ask for one and calls its stage. Stage modules are
-imported inside the functions, so `import lrgi_ooc` and `preprocess` never load torch.
+imported inside the functions, so `import lrgi_ooc` and `preprocess` never load torch. A
+function that writes a store holds its writer lock (`store.lock`) before any cluster starts.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.store.lock import writes_store
 from lrgi_ooc.store.view import StoreView, open_store
 
 PathLike = str | os.PathLike
@@ -56,14 +58,17 @@ def synth(*, out: PathLike, nodes: int = 100_000, avg_degree: float = 20.0, clas
           feature_dim: int = 64, homophily: float = 0.8, seed: int = 0,
           degree_exponent: float = 2.5, max_degree: float | None = None,
           signal: float | None = None, edges_per_part: int = 1 << 23,
-          overwrite: bool = False) -> dict[str, Any]:
-    """Generate a DC-CSBM graph (Parquet edges, features.npy, labels.npy) of any size;
+          overwrite: bool = False, labelled_fraction: float = 1.0,
+          feature_dtype: str = "float32") -> dict[str, Any]:
+    """Generate a DC-CSBM graph (Parquet edges, features.npy, labels.npy; with
+    labelled_fraction < 1 also a train/val/test split of the labelled nodes) of any size;
     returns its synth.json document (plus `_seconds`)."""
     from lrgi_ooc.ingest.synth import generate
     return generate(Path(out), nodes=nodes, avg_degree=avg_degree, classes=classes,
                     feature_dim=feature_dim, homophily=homophily, seed=seed,
                     overwrite=overwrite, degree_exponent=degree_exponent,
-                    max_degree=max_degree, signal=signal, edges_per_part=edges_per_part)
+                    max_degree=max_degree, signal=signal, edges_per_part=edges_per_part,
+                    labelled_fraction=labelled_fraction, feature_dtype=feature_dtype)
 
 
 def _train_config(config: PathLike | None, options: dict[str, Any]) -> Any:
@@ -71,6 +76,7 @@ def _train_config(config: PathLike | None, options: dict[str, Any]) -> Any:
     return train_config(config, **{k: options[k] for k in TRAIN_OPTIONS})
 
 
+@writes_store("store", "train layer {layer}")   # before a cluster starts
 def train_layer(store: PathLike, *, layer: int, config: PathLike | None = None,
                 dim: int | None = None, heads: int | None = None,
                 fanout: str | tuple[int, int] | None = None, batch_size: int | None = None,
@@ -91,18 +97,24 @@ def train_layer(store: PathLike, *, layer: int, config: PathLike | None = None,
         return run_train(store, layer, cfg, client, bool(gpu_task))
 
 
+@writes_store("store", "embed layer {layer}")
 def embed_layer(store: PathLike, *, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
                 device: str = "auto", chunk_rows: int | None = None,
+                memory_limit: str | int = "2GB", source_blocks: int | None = None,
                 workers: int | None = None, scheduler: str | None = None) -> dict[str, Any]:
-    """Write layer L's output for every node into the store (resumable, chunk by chunk)."""
+    """Write layer L's output for every node into the store (resumable, chunk by chunk).
+    When the projection does not fit `memory_limit` (a size or bytes; per machine) it is
+    streamed in source blocks (`source_blocks` forces their number): the same table."""
     from lrgi_ooc.cluster.tasks import dask_client
     from lrgi_ooc.stages.embed import WORKER_MODULES
     from lrgi_ooc.stages.embed import embed_layer as stage
     with dask_client(workers, scheduler, preload=WORKER_MODULES) as client:
         return stage(store, layer, max_edges=max_edges, device=device, client=client,
-                     chunk_rows=chunk_rows)
+                     chunk_rows=chunk_rows, memory_limit=memory_limit,
+                     source_blocks=source_blocks)
 
 
+@writes_store("store", "layer {layer}")         # one lock for train and embed
 def layer(store: PathLike, *, layer: int, config: PathLike | None = None,
           dim: int | None = None, heads: int | None = None,
           fanout: str | tuple[int, int] | None = None, batch_size: int | None = None,
@@ -112,9 +124,11 @@ def layer(store: PathLike, *, layer: int, config: PathLike | None = None,
           norm: str | None = None, warmup: float | None = None, seed: int | None = None,
           inductive: bool | None = None, checkpoint_every: int | None = None,
           device: str | None = None, max_edges: int | None = None,
+          memory_limit: str | int = "2GB", source_blocks: int | None = None,
           workers: int | None = None, scheduler: str | None = None,
           gpu_task: bool | None = None) -> dict[str, Any]:
-    """Train, then embed, layer L on one cluster; returns the embed record."""
+    """Train, then embed, layer L on one cluster; returns the embed record (`memory_limit`,
+    `source_blocks`: embed's, as in `embed_layer`)."""
     from lrgi_ooc.cluster.tasks import dask_client
     from lrgi_ooc.stages.embed import WORKER_MODULES
     from lrgi_ooc.stages.embed import embed_layer as embed_stage
@@ -123,7 +137,8 @@ def layer(store: PathLike, *, layer: int, config: PathLike | None = None,
     with dask_client(workers, scheduler, gpu=bool(gpu_task), preload=WORKER_MODULES) as client:
         run_train(store, layer, cfg, client, bool(gpu_task))
         return embed_stage(store, layer, max_edges=max_edges or DEFAULT_MAX_EDGES,
-                           device=cfg.device, client=client)
+                           device=cfg.device, client=client, memory_limit=memory_limit,
+                           source_blocks=source_blocks)
 
 
 def train_e2e(store: PathLike, *, num_layers: int, config: PathLike | None = None,
@@ -144,8 +159,11 @@ def train_e2e(store: PathLike, *, num_layers: int, config: PathLike | None = Non
 def evaluate(store: PathLike, *, layer: int, json: PathLike | None = None, num_splits: int = 5,
              seed: int = 0, epochs: int = 1000, stream: bool | None = None,
              memory_limit: str | int = "2GB", batch_rows: int = 65536,
-             device: str | None = None) -> dict[str, Any]:
-    """Linear probe of layer L's table (LRGI.md's protocol); `json` also writes the result."""
+             device: str | None = None, probe: str = "lrgi", concat: bool = False,
+             concat_raw: bool = False, metric: str | None = None) -> dict[str, Any]:
+    """Linear probe of layer L's table (LRGI.md's protocol; `probe="l2"`: weight decay chosen
+    on validation; `concat`: layers 1..L side by side, `concat_raw`: 0..L; `metric`: default
+    by label kind); `json` also writes the result."""
     import json as json_mod
 
     from lrgi_ooc.base.memory import parse_size
@@ -153,10 +171,14 @@ def evaluate(store: PathLike, *, layer: int, json: PathLike | None = None, num_s
     from lrgi_ooc.store.layout import GraphStore
     if device is not None and device not in ("cpu", "cuda"):
         raise InputError(f"--device: must be cpu or cuda, got '{device}'")
+    if json and (Path(json).is_dir() or not Path(json).parent.is_dir()):   # before the work
+        raise InputError(f"--json {json}: " + ("is a directory" if Path(json).is_dir() else
+                                               "its directory does not exist"))
     limit = parse_size(str(memory_limit))
     res = evaluate_store(GraphStore(store), layer, num_splits=num_splits, seed=seed,
                          epochs=epochs, stream=stream, memory_limit=limit,
-                         batch_rows=batch_rows, device=device)
+                         batch_rows=batch_rows, device=device, probe=probe, concat=concat,
+                         concat_raw=concat_raw, metric=metric)
     if json:
         with open(json, "w") as f:
             json_mod.dump(res, f, indent=2)
@@ -199,6 +221,7 @@ def export(store: PathLike, *, layer: int, out: PathLike, nodes: PathLike | None
                         overwrite=overwrite, dense_ids=dense_ids)
 
 
+@writes_store("target", "encode with {model}")
 def encode(model: PathLike, target: PathLike, *, layers: str | None = None,
            max_edges: int = DEFAULT_MAX_EDGES, device: str = "auto",
            workers: int | None = None, scheduler: str | None = None) -> list[dict[str, Any]]:
@@ -224,7 +247,9 @@ def load_encoder(store: PathLike, layers: list[int] | None = None) -> Any:
     return load(store, layers)
 
 
+@writes_store("store", "upgrade")
 def upgrade(store: PathLike) -> dict[str, Any]:
-    """Move a format-v1 store's trained weights into the store (format v2), in place."""
+    """Bring a format v1 or v2 store to v3 in place: a v1 store's trained weights move into
+    the store, every chunk gets its CRC32C trailer."""
     from lrgi_ooc.stages.upgrade import upgrade_store
     return upgrade_store(store)

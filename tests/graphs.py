@@ -66,4 +66,27 @@ def downgrade_to_v1(path, layers, npz: bool = True) -> None:
             w.save(run / BLOCK_FILE, in_dim=meta["in_dim"], dim=meta["dim"],
                    inductive=bool(meta["inductive"]))
         s.delete(weights_key(layer))
+    downgrade_to_v2(path)
     s.update_meta(format_version=1)
+
+
+def downgrade_to_v2(path) -> None:
+    """Rewrite a store as format v2 left it: every array's codecs `[bytes]`, every chunk file
+    without its 4-byte CRC32C trailer."""
+    import json
+    import os
+
+    from lrgi_ooc.store.layout import CRC_NBYTES
+    s = GraphStore(path, _upgrading=True)
+    for key in s.array_keys():
+        a = s.info(key)
+        if not a.checksummed:
+            continue
+        for i in range(a.num_chunks):
+            if a.chunk_path(i).exists():
+                os.truncate(a.chunk_path(i), a.file_nbytes - CRC_NBYTES)
+        meta = s.path / key / "zarr.json"
+        doc = json.loads(meta.read_text())
+        doc["codecs"] = [c for c in doc["codecs"] if c["name"] != "crc32c"]
+        meta.write_text(json.dumps(doc, indent=2))
+    s.update_meta(format_version=2)

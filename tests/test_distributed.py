@@ -426,7 +426,8 @@ def test_dask_options_and_config_table(tmp_path, run_cli):
         cfg.write_text(f"store = '{tmp_path / 'none.zarr'}'\n[dask]\n{table}\n")
         rc, _, err = run_cli("run", cfg)
         assert rc == 2 and needle in err, err
-    rc, _, err = run_cli("embed", tmp_path / "x.zarr", "--layer", "1", "--workers", "-1")
+    store = make_store(tmp_path / "x.zarr", n=300)
+    rc, _, err = run_cli("embed", store.path, "--layer", "1", "--workers", "-1")
     assert rc == 2 and "--workers" in err
 
 

@@ -164,9 +164,9 @@ def test_a_v1_store_gets_the_upgrade_command_then_works(trained, tmp_path, capsy
         assert err.endswith(f"run `lrgi-ooc upgrade {c}` once (moves them in, atomically)")
         assert len(err.splitlines()) == 1
     assert main(["upgrade", str(c)]) == 0
-    assert "v1 -> v2; weights of layers 1, 2 moved" in capsys.readouterr().out
+    assert "v1 -> v3; weights of layers 1, 2 moved" in capsys.readouterr().out
     assert main(["upgrade", str(c)]) == 0
-    assert "already format v2" in capsys.readouterr().out
+    assert "already format v3" in capsys.readouterr().out
     g = GraphStore(c)
     for layer in (1, 2):
         assert (load_block(g, layer)[0].lin == load_block(GraphStore(s), layer)[0].lin).all()
@@ -186,8 +186,9 @@ def test_an_upgrade_killed_before_the_version_bump_leaves_a_v1_store(trained, tm
     upgrade_v1(GraphStore(c, _upgrading=True))     # the weights moved, the version not yet
     with pytest.raises(lrgi_ooc.InputError, match="format version 1"):
         GraphStore(c)
-    assert lrgi_ooc.upgrade(c) == {"from": 1, "to": 2, "layers": [1, 2], "lost": []}
-    assert GraphStore(c).meta["format_version"] == 2
+    r = lrgi_ooc.upgrade(c)
+    assert (r["from"], r["to"], r["layers"], r["lost"]) == (1, 3, [1, 2], [])
+    assert GraphStore(c).meta["format_version"] == 3
 
 
 def test_a_v1_copy_without_runs_upgrades_and_can_be_retrained(trained, tmp_path, capsys):

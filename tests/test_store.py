@@ -56,14 +56,18 @@ def test_interrupted_overwrite_swap_restores_the_old_store(tmp_path):
 
 def test_metadata_is_what_zarr_writes_and_zarr_reads_the_store(tmp_path):
     # the store writes zarr.json itself (no zarr import on the hot path): it must be the same
-    # text zarr-python writes, and zarr must open the whole store and read every value
+    # text zarr-python writes for an uncompressed, checksummed array, and zarr must open the
+    # whole store and read (and verify) every value
     import json
+
+    from zarr.codecs import BytesCodec, Crc32cCodec
 
     from lrgi_ooc.store.layout import _zarr_array_meta
     for dt in ("bool", "uint8", "int8", "float16", "float32", "int32", "int64"):
         for shape in ((5,), (5, 3), (0, 7)):
             zarr.create_array(store=str(tmp_path / "ref"), name="a", shape=shape,
-                              dtype=np.dtype(dt), chunks=(4096,) + shape[1:], compressors=None,
+                              dtype=np.dtype(dt), chunks=(4096,) + shape[1:],
+                              serializer=BytesCodec(), compressors=[Crc32cCodec()],
                               filters=None, fill_value=0, zarr_format=3, overwrite=True,
                               chunk_key_encoding={"name": "default", "separator": "/"})
             ref = (tmp_path / "ref" / "a" / "zarr.json").read_text()

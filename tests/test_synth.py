@@ -1,6 +1,7 @@
 """`synth`: files and counts, determinism, homophily, heavy tail, feature signal, bad options."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from numba import njit
 
+import lrgi_ooc
 from lrgi_ooc.cli import main as cli
 from lrgi_ooc.ingest import synth
 
@@ -142,6 +144,98 @@ def test_deterministic_and_independent_of_part_size(tmp_path):
     assert ea.shape != ed.shape or not np.array_equal(ea, ed)
 
 
+def _digest(out: Path) -> str:
+    """sha256 of the decoded edges and the node files (Parquet bytes name the writer)."""
+    h = hashlib.sha256()
+    src, dst = _edges(out)
+    for a in (src, dst):
+        h.update(np.ascontiguousarray(a).tobytes())
+    for f in ("features.npy", "labels.npy"):
+        h.update((out / f).read_bytes())
+    return h.hexdigest()
+
+
+def test_default_output_unchanged_by_new_options(tmp_path):
+    """The digest of this graph before --labelled-fraction and --feature-dtype existed: their
+    defaults must write the same graph, features and labels, and no split files."""
+    kw = dict(nodes=3000, avg_degree=8, classes=4, feature_dim=6, homophily=0.7, seed=11,
+              edges_per_part=5000)
+    synth.generate(tmp_path / "a", **kw)
+    synth.generate(tmp_path / "b", labelled_fraction=1.0, feature_dtype="float32", **kw)
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert _digest(out) == \
+            "83843abf2146f884b2d1615ed3d116aaa11f13e73ac10a05638fc46c14b58b8d"
+        assert not any((out / f).exists() for f in synth.SPLIT_FILES)
+
+
+def test_labelled_fraction_and_split(tmp_path):
+    kw = dict(nodes=3000, avg_degree=8, classes=4, feature_dim=6, homophily=0.7, seed=11,
+              edges_per_part=5000)
+    full = tmp_path / "full"
+    synth.generate(full, **kw)
+    info = synth.generate(tmp_path / "s", labelled_fraction=0.05, **kw)
+    synth.generate(tmp_path / "s2", labelled_fraction=0.05, **kw)
+    sparse = tmp_path / "s"
+    for f in ["features.npy", "labels.npy", *synth.SPLIT_FILES]:    # deterministic
+        assert (sparse / f).read_bytes() == (tmp_path / "s2" / f).read_bytes(), f
+    # the graph and the features are those of the fully labelled run
+    assert (sparse / "features.npy").read_bytes() == (full / "features.npy").read_bytes()
+    assert np.array_equal(np.stack(_edges(sparse)), np.stack(_edges(full)))
+    y, y_full = np.load(sparse / "labels.npy"), np.load(full / "labels.npy")
+    labelled = np.flatnonzero(y >= 0)
+    assert len(labelled) == 150 and set(np.unique(y)) == {-1, 0, 1, 2, 3}
+    assert np.array_equal(y[labelled], y_full[labelled])
+    assert labelled.min() < 300 and labelled.max() > 2700          # scattered over ids
+    parts = [np.load(sparse / f) for f in synth.SPLIT_FILES]
+    assert [len(p) for p in parts] == [118, 11, 21]                 # 11 : 1 : 2 of 150
+    for p in parts:
+        assert p.dtype == np.int64 and np.all(np.diff(p) > 0)
+    assert np.array_equal(np.sort(np.concatenate(parts)), labelled)  # disjoint, labelled
+    assert set(y[parts[0]]) == {0, 1, 2, 3}
+    assert info["counts"]["labelled_nodes"] == 150
+    assert info["counts"]["split_sizes"] == {"train": 118, "val": 11, "test": 21}
+    assert info["files"]["splits"] == {"train": "train.npy", "val": "val.npy",
+                                       "test": "test.npy"}
+    assert info["parameters"]["labelled_fraction"] == 0.05
+    assert synth.split_sizes(111_059_956, 1_546_782 / 111_059_956) == (1215329, 110484, 220969)
+
+
+def test_float16_features_are_the_rounded_float32_ones(tmp_path):
+    kw = dict(nodes=2000, avg_degree=4, classes=3, feature_dim=7, seed=5)
+    synth.generate(tmp_path / "a", **kw)
+    info = synth.generate(tmp_path / "h", feature_dtype="float16", **kw)
+    x32, x16 = np.load(tmp_path / "a" / "features.npy"), np.load(tmp_path / "h" / "features.npy")
+    assert x16.dtype == np.float16 and x16.shape == (2000, 7)
+    assert np.array_equal(x16, x32.astype(np.float16))
+    assert (tmp_path / "h" / "features.npy").stat().st_size < \
+        0.51 * (tmp_path / "a" / "features.npy").stat().st_size
+    assert info["files"]["features_dtype"] == "float16"
+    for f in ("labels.npy",):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "h" / f).read_bytes()
+
+
+def test_sparse_labels_reach_the_store_and_the_probe(tmp_path, run_cli):
+    """preprocess carries label -1 and the split; evaluate probes exactly the split's rows."""
+    g = tmp_path / "in"
+    synth.generate(g, nodes=4000, avg_degree=6, classes=4, feature_dim=8, seed=2,
+                   labelled_fraction=0.1, feature_dtype="float16")
+    out = tmp_path / "g.zarr"
+    rc, _, err = run_cli("preprocess", "--edges", g / "edges", "--features", g / "features.npy",
+                         "--labels", g / "labels.npy", "--train", g / "train.npy",
+                         "--val", g / "val.npy", "--test", g / "test.npy", "--undirected",
+                         "--feature-dtype", "float16", "--out", out)
+    assert rc == 0, err
+    from lrgi_ooc.store import layout as st
+    store = st.GraphStore(out)
+    assert np.array_equal(store.mmap(st.LABELS)[:], np.load(g / "labels.npy"))
+    sp = store.splits()
+    assert len(sp) == 1 and all(np.array_equal(sp[0][p], np.load(g / f"{p}.npy"))
+                                for p in ("train", "val", "test"))
+    assert store.meta["feature_dtype"] == "float16"
+    res = lrgi_ooc.evaluate(out, layer=0, epochs=50)
+    assert res["split_source"] == "store" and res["num_splits"] == 1
+
+
 def test_feistel_is_a_permutation_with_inverse():
     @njit
     def both(n, lbits, rbits, fkeys):
@@ -195,6 +289,10 @@ def test_cli_run_and_overwrite(tmp_path, capsys):
     (["--degree-exponent", "2"], "--degree-exponent"),
     (["--signal", "-1"], "--signal"),
     (["--edges-per-part", "0"], "--edges-per-part"),
+    (["--labelled-fraction", "0"], "--labelled-fraction"),
+    (["--labelled-fraction", "1.5"], "--labelled-fraction"),
+    (["--labelled-fraction", "0.1"], "too few for a train/val/test split"),
+    (["--feature-dtype", "float64"], "--feature-dtype"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, extra, message):
     out = tmp_path / "g"

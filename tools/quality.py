@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Quality check with DEFAULT settings (2 layers), linear probe, on the shared datasets.
+"""Quality check with DEFAULT settings, linear probes, on the five shared datasets.
 
-For each dataset: the raw-feature probe (layer 0), a randomly initialised, untrained
-encoder of the same shape under the same probe, and trained LRGI (layers 1 and 2), over
-several training seeds. Prints a markdown table and writes JSON.
+For each dataset: the raw-feature probe (layer 0), a randomly initialised, untrained encoder
+of the same shape, trained LRGI per layer (LRGI.md's probe: no weight decay, one layer), the
+concatenation of layers 1..L under the same probe, and the `l2` probe (weight decay chosen on
+validation, as GraphMAE / BGRL tune theirs) of layer L and of the concatenation, over several
+training seeds. Chameleon and Tolokers use their 10 stored splits, Amazon Photo and Coauthor
+CS 5 random 10/10/80 splits, Cora its public split; each figure uses the metric its labels
+call for (Tolokers: ROC-AUC). Prints one markdown table and writes JSON.
 
-    .venv/bin/python tools/quality.py --datasets cora,amazon_photo,coauthor_cs \
-        --seeds 0,1,2 --out bench-results/quality.json
+    .venv/bin/python tools/quality.py --seeds 0,1,2 --out bench-results/quality.json
+    .venv/bin/python tools/quality.py --datasets cora --seeds 0 --steps 5 --epochs 20  # smoke
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
+ALL = "cora,amazon_photo,coauthor_cs,chameleon,tolokers"
 os.environ.setdefault("LRGI_OOC_QUIET", "1")
 
 
@@ -31,19 +37,20 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "lrgi_ooc", *args], check=True, cwd=ROOT)
 
 
-def untrained(store_path: Path, seed: int, num_splits: int) -> list[float]:
-    """Probe scores of layers 1..2 of a freshly initialised encoder (default shape)."""
+def untrained(store_path: Path, seed: int, layers: int, probe: dict[str, Any]) -> list[float]:
+    """Probe scores of layers 1..L of a freshly initialised encoder (default shape); it
+    overwrites the store's layer tables, so it runs after the trained layers' probes."""
     from lrgi_ooc.stages.config import TrainConfig
     from lrgi_ooc.stages.embed import block_forward
     from lrgi_ooc.stages.evaluate import evaluate_store
-    from lrgi_ooc.store.layout import GraphStore, embeddings_key
     from lrgi_ooc.stages.train import build_model
+    from lrgi_ooc.store.layout import GraphStore, embeddings_key
 
     s = GraphStore(store_path)
     cfg = TrainConfig(seed=seed)
     x = np.asarray(s.table(0), dtype=np.float32)
     out = []
-    for layer in (1, 2):
+    for layer in range(1, layers + 1):
         block = build_model(x.shape[1], cfg).block.eval()
         x = block_forward(block, x, s.indptr(), s.indices(), np.arange(s.num_nodes))
         key = embeddings_key(layer)
@@ -51,57 +58,89 @@ def untrained(store_path: Path, seed: int, num_splits: int) -> list[float]:
         w = s.stream_writer(key)
         w.write(x)
         w.close()
-        out.append(evaluate_store(s, layer, num_splits=num_splits)["test_mean"])
+        out.append(evaluate_store(s, layer, **probe)["test_mean"])
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", default="cora,amazon_photo,coauthor_cs")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--num-splits", type=int, default=5)
+    ap.add_argument("--datasets", default=ALL, help=f"comma-separated (default {ALL})")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds")
+    ap.add_argument("--layers", type=int, default=2, help="LRGI layers (default 2)")
+    ap.add_argument("--num-splits", type=int, default=5,
+                    help="random splits where the dataset has none")
+    ap.add_argument("--epochs", type=int, default=1000, help="probe epochs (default 1000)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps per layer (default: the training default; for smoke runs)")
     ap.add_argument("--out", default="bench-results/quality.json")
     args = ap.parse_args()
     from lrgi_ooc.stages.evaluate import evaluate_store
     from lrgi_ooc.store.layout import GraphStore
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    depth = args.layers
+    probe = {"num_splits": args.num_splits, "epochs": args.epochs}
     rows = []
     work = Path(tempfile.mkdtemp(prefix="lrgi-quality-"))
     try:
         for name in args.datasets.split(","):
             base = work / f"{name}.zarr"
             cli("preprocess", "--npz", str(DATASETS / f"{name}.npz"), "--out", str(base))
-            raw = evaluate_store(GraphStore(base), 0, num_splits=args.num_splits)["test_mean"]
-            res: dict[str, list] = {"l1": [], "l2": [], "u1": [], "u2": [], "sec": []}
+            raw = evaluate_store(GraphStore(base), 0, **probe)
+            res: dict[str, list] = {f"lrgi{i}": [] for i in range(1, depth + 1)}
+            res.update({f"untrained{i}": [] for i in range(1, depth + 1)})
+            res.update({"concat": [], "l2_probe": [], "l2_probe_concat": [],
+                        "l2_weight_decays": [], "sec": []})
             for seed in seeds:
                 st = work / f"{name}-{seed}.zarr"
                 shutil.copytree(base, st)
                 t0 = time.time()
-                for layer in (1, 2):
-                    cli("layer", str(st), "--layer", str(layer), "--seed", str(seed))
+                steps = ["--steps", str(args.steps)] if args.steps else []
+                for layer in range(1, depth + 1):
+                    cli("layer", str(st), "--layer", str(layer), "--seed", str(seed), *steps)
                 res["sec"].append(time.time() - t0)
-                for layer in (1, 2):
-                    r = evaluate_store(GraphStore(st), layer, num_splits=args.num_splits)
-                    res[f"l{layer}"].append(r["test_mean"])
-                u = untrained(st, seed, args.num_splits)
-                res["u1"].append(u[0])
-                res["u2"].append(u[1])
-            row = {"dataset": name, "raw": raw, "seeds": seeds,
-                   **{k: [float(v) for v in vs] for k, vs in res.items()}}
+                g = GraphStore(st)
+                for layer in range(1, depth + 1):
+                    res[f"lrgi{layer}"].append(evaluate_store(g, layer, **probe)["test_mean"])
+                res["concat"].append(evaluate_store(g, depth, concat=True, **probe)["test_mean"])
+                l2 = evaluate_store(g, depth, probe="l2", **probe)
+                res["l2_probe"].append(l2["test_mean"])
+                res["l2_weight_decays"].append([s["weight_decay"] for s in l2["per_split"]])
+                res["l2_probe_concat"].append(evaluate_store(g, depth, probe="l2", concat=True,
+                                                       **probe)["test_mean"])
+                for i, v in enumerate(untrained(st, seed, depth, probe), start=1):
+                    res[f"untrained{i}"].append(v)
+                shutil.rmtree(st, ignore_errors=True)
+            row = {"dataset": name, "metric": raw["metric"], "num_splits": raw["num_splits"],
+                   "split_source": raw["split_source"], "raw": raw["test_mean"],
+                   "seeds": seeds, "layers": depth, "probe_epochs": args.epochs,
+                   "steps": args.steps, **res}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
-    pct = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}"
-    print("| dataset | raw features | untrained L1 | untrained L2 | LRGI L1 | LRGI L2 | train+embed s |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['dataset']} | {100 * r['raw']:.2f} | {pct(r['u1'])} | {pct(r['u2'])} | "
-              f"{pct(r['l1'])} | {pct(r['l2'])} | {np.mean(r['sec']):.0f} |")
+    print(table(rows, depth))
     return 0
+
+
+def table(rows: list[dict[str, Any]], depth: int) -> str:
+    """dataset | metric | raw | untrained L1..L | LRGI L1..L | concat | l2 | l2 concat | s."""
+    pct = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}"
+    cols = (["dataset", "metric", "raw"] + [f"untrained L{i}" for i in range(1, depth + 1)]
+            + [f"LRGI L{i}" for i in range(1, depth + 1)]
+            + [f"concat 1..{depth}", f"l2 L{depth}", f"l2 concat 1..{depth}",
+               "train+embed s per seed"])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = ([r["dataset"], r["metric"], f"{100 * r['raw']:.2f}"]
+                 + [pct(r[f"untrained{i}"]) for i in range(1, depth + 1)]
+                 + [pct(r[f"lrgi{i}"]) for i in range(1, depth + 1)]
+                 + [pct(r["concat"]), pct(r["l2_probe"]), pct(r["l2_probe_concat"]),
+                    f"{np.mean(r['sec']):.0f}"])
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

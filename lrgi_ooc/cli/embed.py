@@ -17,7 +17,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=D["device"], help="auto, cpu or cuda[:N]")
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per output chunk = per task (multiple of 4096; default: ~32 MB)")
+    add_budget_options(p, D)
     add_dask_options(p)
+
+
+def add_budget_options(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """--memory-limit and --source-blocks (also on `layer`)."""
+    p.add_argument("--memory-limit", default=defaults["memory_limit"],
+                   help="memory the aggregation may use per machine; beyond it the projection "
+                        "is streamed in source blocks (default %(default)s)")
+    p.add_argument("--source-blocks", type=int, default=defaults["source_blocks"],
+                   help="force this many source blocks (streamed; default: the planner's)")
 
 
 def main(args: argparse.Namespace) -> int:

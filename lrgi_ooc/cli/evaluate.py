@@ -26,6 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-rows", type=int, default=D["batch_rows"],
                    help="rows per streamed batch")
     p.add_argument("--device", choices=["cpu", "cuda"], default=D["device"])
+    p.add_argument("--probe", default=D["probe"],
+                   help="lrgi: LRGI.md's protocol, no weight decay (default); l2: weight decay "
+                        "chosen on validation from a grid of 1e-6 .. 1e-1")
+    p.add_argument("--concat", action="store_true", default=D["concat"],
+                   help="probe layers 1..L side by side (L = --layer)")
+    p.add_argument("--concat-raw", action="store_true", default=D["concat_raw"],
+                   help="probe layers 0..L side by side (the raw features too)")
+    p.add_argument("--metric", default=D["metric"],
+                   help="accuracy, roc_auc or micro_f1 (default: accuracy for classes, "
+                        "roc_auc (and accuracy) for binary labels, micro_f1 for multi-label)")
 
 
 def main(args: argparse.Namespace) -> int:

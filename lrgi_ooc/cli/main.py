@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
-from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.errors import InputError, disk_full, is_disk_full
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,13 +27,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("lrgi_ooc.cli.synth", "generate a synthetic graph (DC-CSBM) of any size"),
     "export": ("lrgi_ooc.cli.export", "write a layer's embeddings to Parquet, .npy or CSV"),
     "encode": ("lrgi_ooc.cli.encode", "apply one store's trained layers to another graph"),
-    "upgrade": ("lrgi_ooc.cli.upgrade", "move a format-v1 store's trained weights into the store"),
+    "upgrade": ("lrgi_ooc.cli.upgrade", "bring a format v1/v2 store to v3 (weights, checksums)"),
     "report": ("lrgi_ooc.cli.report", "write an HTML report with figures of a store's training"),
 }
 
 
+class UsageError(Exception):
+    """A command line that argparse refuses (bad choice, missing argument, bad number)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line gets one line, `lrgi-ooc CMD: error: MSG` (exit 2),
+    like every other bad input, instead of the usage block; `--help` prints the full help.
+    Subcommand parsers are of this class too (argparse makes them `type(parent)`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lrgi-ooc", description="Out-of-core layer-wise self-supervised node embeddings.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = next((a for a in argv if not a.startswith("-")), None)
@@ -49,11 +63,23 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:          # named by its command, even when the top parser found it
+        wanted = next((a for a in argv if not a.startswith("-")), None)
+        prog = f"lrgi-ooc {wanted}" if wanted in COMMANDS else "lrgi-ooc"
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     try:
         return int(args._entry(args) or 0)
     except InputError as e:
         print(f"lrgi-ooc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:                  # a full disk that no write site named
+        if not is_disk_full(e):
+            raise
+        where = getattr(args, "out", None) or getattr(args, "store", None)
+        print(f"lrgi-ooc {args.command}: error: {disk_full(e, where)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lrgi-ooc {args.command}: interrupted", file=sys.stderr)

@@ -32,6 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{RAW_ACCURACY:.2f})")
     p.add_argument("--edges-per-part", type=int, default=D["edges_per_part"],
                    help="edges per Parquet part file (default %(default)s)")
+    p.add_argument("--labelled-fraction", type=float, default=D["labelled_fraction"],
+                   help="fraction of nodes that keep their label (-1 elsewhere); below 1, "
+                        "train/val/test.npy split them 11:1:2, as ogbn-papers100M "
+                        "(default %(default)s: all, no split)")
+    p.add_argument("--feature-dtype", default=D["feature_dtype"],
+                   help="float32 or float16 (half the bytes) (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier synth output")
 
 

@@ -5,7 +5,8 @@ import argparse
 
 from lrgi_ooc import api
 from lrgi_ooc.base.errors import InputError
-from lrgi_ooc.cli.common import add_dask_options, call
+from lrgi_ooc.cli.common import add_dask_options, api_defaults, call
+from lrgi_ooc.cli.embed import add_budget_options
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -52,6 +53,7 @@ def main_train(args: argparse.Namespace) -> int:
 def add_layer_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
     add_max_edges(p)
+    add_budget_options(p, api_defaults(api.layer))
     add_dask_options(p, gpu=True)
 
 

@@ -8,7 +8,7 @@ from lrgi_ooc import api
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="store directory (format v1) to upgrade in place")
+    p.add_argument("store", help="store directory (format v1 or v2) to upgrade in place")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -17,8 +17,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"{args.store}: already format v{r['to']} (nothing to do)")
     else:
         moved = ", ".join(map(str, r["layers"])) or "none"
-        print(f"{args.store}: format v{r['from']} -> v{r['to']}; weights of layers {moved} "
-              "moved into the store")
+        weights = f"weights of layers {moved} moved into the store; " if r["from"] == 1 else ""
+        print(f"{args.store}: format v{r['from']} -> v{r['to']}; {weights}checksums added "
+              f"to {r['chunks']} chunk files")
         if r["lost"]:
             lost = ", ".join(map(str, r["lost"]))
             print(f"lrgi-ooc upgrade: warning: layers {lost} were recorded as trained but "

@@ -35,7 +35,7 @@ from lrgi_ooc.base.memory import libc as _libc
 from lrgi_ooc.base.memory import return_freed_memory as _return_freed_memory
 from lrgi_ooc.store.fileio import read_into
 from lrgi_ooc.store import layout as store_module
-from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.errors import InputError, space_for
 from lrgi_ooc.store.layout import GraphStore
 
 _HIST_BINS = 1 << 16       # in-degree histogram over blocks of node ids (512 KB)
@@ -439,7 +439,8 @@ def build_csr(store: GraphStore, chunks: Callable[[], Iterator[tuple[np.ndarray,
     b = _Build(store, num_nodes, source, undirected, remove_self_loops, remove_duplicates,
                memory_limit, workdir)
     try:
-        b.validate(chunks)
-        return b.build()
+        with space_for(b.workdir):       # a scratch file's write names no file
+            b.validate(chunks)
+            return b.build()
     finally:
         b.cleanup()

@@ -1,7 +1,7 @@
 """Whole datasets as one input: the ../shared/datasets `.npz` layout and OGB node datasets.
 
-Built from ingest's readers (edges, tables), so every format is validated and streamed the
-same way; only these two formats know how a dataset bundles its parts.
+Built from ingest's readers (edges, tables, npz_stream), so every format is validated and
+streamed the same way; only these two formats know how a dataset bundles its parts.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.ingest.edges import EdgeInput, npy_edges
-from lrgi_ooc.ingest.tables import (ArrayTable, NpyArray, NpyTable, Table, csr_from_npz, first_line,
-                     npz_members, require_file)
+from lrgi_ooc.ingest.npz_stream import ZipNpyArray
+from lrgi_ooc.ingest.tables import (ArrayTable, NpyTable, Table, column_numpy, csr_from_npz,
+                                    first_line, npz_members, require_file)
 
 
 @dataclass
@@ -33,20 +34,29 @@ def open_npz(path: str | Path, chunk: int = 1 << 22) -> Dataset:
     members = npz_members(p)
     if "edge_index" not in members:
         raise InputError(f"{p}: no 'edge_index' array (keys: {', '.join(sorted(members))})")
-    ds = Dataset(edges=npy_edges(NpyArray(p, members["edge_index"]), chunk), files=[p])
+    ds = Dataset(edges=_zip_edges(ZipNpyArray(p, members["edge_index"]), chunk), files=[p])
     if "x" in members:
-        ds.features = NpyTable(NpyArray(p, members["x"]))
+        ds.features = NpyTable(ZipNpyArray(p, members["x"]))
         if len(ds.features.shape) != 2:
             raise InputError(f"{p}:x must have shape [N, F], got {list(ds.features.shape)}")
     elif "x_data" in members:
         ds.features = csr_from_npz(p, members, "x_")
         ds.features.source = f"{p}:x"
     if "y" in members:
-        ds.labels = NpyTable(NpyArray(p, members["y"]))
+        ds.labels = NpyTable(ZipNpyArray(p, members["y"]))
     for part in ("train", "val", "test"):
         if f"{part}_mask" in members:
-            ds.splits[part] = NpyTable(NpyArray(p, members[f"{part}_mask"]))
+            ds.splits[part] = NpyTable(ZipNpyArray(p, members[f"{part}_mask"]))
     return ds
+
+
+def _zip_edges(arr: ZipNpyArray, chunk: int) -> EdgeInput:
+    """An edge array in an archive: parts only when stored (a compressed member read from
+    item k inflates everything before k: parts would cost quadratic time)."""
+    e = npy_edges(arr, chunk)
+    if not arr.random_access:
+        e.raw_parts = None
+    return e
 
 
 def _ogb_dataset_module():
@@ -66,42 +76,153 @@ def _ogb_dataset_module():
     return mod
 
 
-def open_ogb(name: str, root: str | Path, chunk: int = 1 << 22) -> Dataset:
-    """An ogbn-* dataset from a local ogb root, through ogb's NumPy loader (no download).
+OGB_SPLIT_FILES = (("train", "train.csv.gz"), ("val", "valid.csv.gz"), ("test", "test.csv.gz"))
 
-    ogb reads everything into memory (its own limit, not ours) and imports torch; this is the
-    only path of `preprocess` that does. Checks first that loading will not try to download or
-    prompt: the dataset directory, its RELEASE file and its raw files must be present.
+
+def _ogb_master() -> dict[str, dict[str, str]]:
+    """ogb's table of node datasets (nodeproppred/master.csv), read without importing ogb."""
+    import csv
+    import importlib.util
+    spec = importlib.util.find_spec("ogb")
+    path = (Path(spec.origin).parent / "nodeproppred" / "master.csv"
+            if spec is not None and spec.origin else None)
+    if path is None or not path.is_file():
+        raise InputError("--ogb: the ogb package is not installed")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return {n: {r[0]: r[i + 1] for r in rows[1:] if len(r) > i + 1}
+            for i, n in enumerate(rows[0][1:])}
+
+
+def open_ogb(name: str, root: str | Path, chunk: int = 1 << 22) -> Dataset:
+    """An ogbn-* dataset from a local ogb root (never downloaded).
+
+    The binary raw layout (`raw/data.npz`, as ogbn-papers100M ships) is streamed by
+    `open_ogb_raw` in bounded memory; the CSV one (`raw/edge.csv.gz`) and a root holding
+    only ogb's processed cache go through ogb's NumPy loader. Checks first that the dataset
+    directory, its RELEASE file and its raw files are present.
     """
-    import contextlib
-    import os
-    import sys
-    import warnings
-    import pandas as pd
-    onp = _ogb_dataset_module()
     r = require_file(root, "--ogb-root")
-    master = pd.read_csv(Path(onp.__file__).with_name("master.csv"), index_col=0,
-                         keep_default_na=False)
+    master = _ogb_master()
     if name not in master:
-        raise InputError(f"--ogb: unknown dataset '{name}' (ogb knows: {', '.join(master.keys())})")
+        raise InputError(f"--ogb: unknown dataset '{name}' (ogb knows: {', '.join(master)})")
     meta = master[name]
-    if meta["is hetero"] == "True":
+    if meta.get("is hetero") == "True":
         raise InputError(f"--ogb {name}: heterogeneous graphs are not supported")
     d = r / "_".join(name.split("-"))
-    raw = d / "raw" / ("data.npz" if meta["binary"] == "True" else "edge.csv.gz")
+    binary = meta.get("binary") == "True"
+    raw = d / "raw" / ("data.npz" if binary else "edge.csv.gz")
     processed = d / "processed" / "data_processed"
     if not (raw.is_file() or processed.is_file()):
         raise InputError(f"--ogb-root {r}: {raw} is missing (downloads are not attempted)")
-    release = d / f"RELEASE_v{meta['version']}.txt"
+    release = d / f"RELEASE_v{meta.get('version', '1')}.txt"
     if not release.is_file():
         raise InputError(f"--ogb-root {r}: {release} is missing (outdated or incomplete copy)")
+    if binary and raw.is_file():
+        return open_ogb_raw(name, d, meta.get("split", ""), chunk, f"--ogb-root {r}")
+    # what ogb's loader reads, checked here so that the message names the missing file
+    need = [d / "split" / meta.get("split", "") / f for _, f in OGB_SPLIT_FILES]
+    if not processed.is_file():
+        extra = [f for k in ("additional node files", "additional edge files")
+                 for f in meta.get(k, "None").split(",") if f not in ("", "None")]
+        need += [d / "raw" / f"{f}.csv.gz"
+                 for f in ("num-node-list", "num-edge-list", "node-label", *extra)]
+    for f in need:
+        if not f.is_file():
+            raise InputError(f"--ogb-root {r}: {f} is missing (outdated or incomplete copy)")
+    return _open_ogb_loader(name, r, d, chunk)
+
+
+def open_ogb_raw(name: str, d: Path, split: str, chunk: int = 1 << 22,
+                 where: str = "--ogb-root") -> Dataset:
+    """ogb's binary raw layout read directly, streamed (never `np.load`):
+    `raw/data.npz` (`edge_index` [2, E], `num_nodes_list`, `num_edges_list`, optional
+    `node_feat` [N, F]), `raw/node-label.npz` (`node_label` [N] or [N, 1]; NaN = unlabelled,
+    which preprocess stores as -1) and `split/<split>/{train,valid,test}.csv.gz`, with ogb's
+    semantics: one graph, edges as stored (directed; no inverse edges added)."""
+    data, lab = d / "raw" / "data.npz", d / "raw" / "node-label.npz"
+    parts = [(ours, d / "split" / split / f) for ours, f in OGB_SPLIT_FILES]
+    for f in [lab] + [f for _, f in parts]:
+        if not f.is_file():
+            raise InputError(f"{where}: {f} is missing")
+    members = npz_members(data)
+
+    def arr(path: Path, members: dict[str, str], key: str) -> ZipNpyArray:
+        if key not in members:
+            raise InputError(f"{path}: no '{key}' array (keys: {', '.join(sorted(members))})")
+        return ZipNpyArray(path, members[key])
+    nn, ne = (arr(data, members, k).read_all().reshape(-1)
+              for k in ("num_nodes_list", "num_edges_list"))
+    if len(nn) != 1 or len(ne) != 1:
+        raise InputError(f"{data}: holds {len(nn)} graphs; --ogb reads single-graph datasets")
+    ei = arr(data, members, "edge_index")
+    if len(ei.shape) != 2 or ei.shape[0] != 2:
+        raise InputError(f"{ei.source}: must have shape [2, E], got {list(ei.shape)}")
+    edges = _zip_edges(ei, chunk)
+    if edges.num_edges != int(ne[0]):
+        raise InputError(f"{data}: num_edges_list says {int(ne[0])} edges, edge_index holds "
+                         f"{edges.num_edges}")
+    ds = Dataset(edges=edges, num_nodes=int(nn[0]), files=[d])
+    if "node_feat" in members:
+        ds.features = NpyTable(arr(data, members, "node_feat"))
+    ds.labels = NpyTable(arr(lab, npz_members(lab), "node_label"))
+    for ours, f in parts:
+        ds.splits[ours] = IdCsvTable(f)
+    return ds
+
+
+class IdCsvTable(Table):
+    """A headerless CSV (optionally compressed) of one integer per line, as ogb's split
+    files, streamed; one validating pass at construction counts the rows."""
+
+    def __init__(self, path: Path):
+        self.path, self.source, self.dtype = Path(path), str(path), np.dtype(np.int64)
+        self.shape = (sum(len(b) for b in self._batches()),)
+
+    def _batches(self) -> Iterator[np.ndarray]:
+        import pyarrow as pa
+        from pyarrow import csv as pcsv
+        try:
+            reader = pcsv.open_csv(
+                pa.input_stream(str(self.path), compression="detect"),
+                read_options=pcsv.ReadOptions(autogenerate_column_names=True,
+                                              block_size=1 << 20),
+                convert_options=pcsv.ConvertOptions(column_types={"f0": pa.int64()}))
+            for b in reader:
+                if b.num_columns != 1:
+                    raise InputError(f"{self.source}: expected one node id per line, found "
+                                     f"{b.num_columns} columns")
+                yield column_numpy(b.column(0), "node id", self.source)
+        except InputError:
+            raise
+        except Exception as e:    # pyarrow: ArrowInvalid (bad value, empty file), OSError
+            raise InputError(f"{self.source}: not a list of node ids ({first_line(e)})") from None
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        rows = max(1, rows)
+        for b in self._batches():
+            for s in range(0, len(b), rows):
+                yield b[s:s + rows]
+
+
+def _open_ogb_loader(name: str, r: Path, d: Path, chunk: int) -> Dataset:
+    """Through ogb's NumPy loader, which reads everything into memory (its own limit, not
+    ours) and imports torch; only for the CSV raw layout, or ogb's processed cache alone."""
+    import contextlib
+    import io
+    import os
+    import sys
+    import warnings
+    onp = _ogb_dataset_module()
     (d / "processed").mkdir(exist_ok=True)
     old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
     # ogb caches numpy arrays with torch.save and reloads them with torch.load, which current
     # torch refuses by default (weights_only): allow it for ogb's own cache file only.
     os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+    chatter = io.StringIO()         # ogb's prints and bars: shown after a load, not before
+    try:                             # the one-line error of a failed one
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = onp.NodePropPredDataset(name=name, root=str(r))
             split = ds.get_idx_split()
@@ -112,6 +233,7 @@ def open_ogb(name: str, root: str | Path, chunk: int = 1 << 22) -> Dataset:
             os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
+    sys.stderr.write(chatter.getvalue())
     graph, labels = ds[0]
     src = f"--ogb {name}"
     ei = np.asarray(graph["edge_index"])

@@ -21,9 +21,14 @@ Model (docs/cli.md, "synth"):
 - Features: x_i = signal * mu_{y_i} + N(0, I); the means are orthonormal when F >= C (else
   random unit vectors). By default `signal` is set so the Bayes accuracy of a linear
   classifier on raw features is RAW_ACCURACY; averaging neighbours (h > 1/C) raises it.
+- Sparse labels (labelled_fraction < 1, as ogbn-papers100M's 1.4 %): a second keyed Feistel
+  permutation ranks the node ids; the round(F * N) lowest ranks keep their label, split
+  train / val / test by SPLIT_SHARES (ranks in that order), the others get label -1. Exact
+  counts, still a pure function of (seed, index); graph and features do not change.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -48,6 +53,10 @@ NODES_PER_BLOCK = 1 << 16      # feature / label rows per step (fixes the noise 
 PARQUET_COMPRESSION = "zstd"   # level 1: the always-zero high bits of ids compress away
 PARQUET_ENCODING = "PLAIN"     # no dictionary (random ids defeat it; 2x faster to write);
                                # BYTE_STREAM_SPLIT is 10% smaller but needs pyarrow >= 16
+SPLIT_SHARES = (11, 1, 2)      # train / val / test of the labelled nodes: ogbn-papers100M's
+                               # 1.1 % / 0.1 % / 0.2 % of all nodes
+SPLIT_FILES = ("train.npy", "val.npy", "test.npy")
+FEATURE_DTYPES = ("float32", "float16")
 _STREAMS = 5                   # 64-bit keys: 4 counter-based edge streams, 1 for features
 _ROUNDS = 4                    # Feistel rounds; each takes an xor key and an odd multiplier
 
@@ -160,6 +169,23 @@ def _label_block(i0, labels, n, num_classes, fkeys, lbits, rbits):
         labels[j] = (num_classes * (p + 1) - 1) // n
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _unlabel_block(i0, labels, parts, n, bounds, skeys, lbits, rbits):
+    """Nodes i0 .. i0+len(labels)-1 by rank under the split permutation: part 0/1/2
+    (train/val/test) below bounds[0]/[1]/[2], else part -1 and label -1."""
+    for j in prange(labels.shape[0]):
+        r = _feistel(i0 + j, n, lbits, rbits, skeys)
+        if r < bounds[0]:
+            parts[j] = 0
+        elif r < bounds[1]:
+            parts[j] = 1
+        elif r < bounds[2]:
+            parts[j] = 2
+        else:
+            parts[j] = -1
+            labels[j] = -1
+
+
 # ---------------------------------------------------------------- model parameters
 def bayes_accuracy(signal: float, classes: int) -> float:
     """Accuracy of the optimal classifier for orthonormal means x signal + N(0, I) noise."""
@@ -209,6 +235,21 @@ def _keys(seed: int) -> np.ndarray:
                                                                       dtype=np.uint64)
 
 
+def _split_keys(seed: int) -> np.ndarray:
+    """Feistel keys of the split permutation (a stream of its own: `_keys` is unchanged)."""
+    return np.random.SeedSequence([int(seed), 0x1ABE1]).generate_state(2 * _ROUNDS,
+                                                                       dtype=np.uint64)
+
+
+def split_sizes(nodes: int, labelled_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) counts of round(F * N) labelled nodes, shared by SPLIT_SHARES."""
+    lab = int(round(nodes * labelled_fraction))
+    total = sum(SPLIT_SHARES)
+    train = (lab * SPLIT_SHARES[0] + total // 2) // total
+    val = (lab * SPLIT_SHARES[1] + total // 2) // total
+    return train, val, lab - train - val
+
+
 def class_means(seed: int, classes: int, dim: int) -> np.ndarray:
     """Orthonormal class means when dim >= classes, else random unit vectors."""
     g = np.random.default_rng(np.random.SeedSequence([int(seed), 0xFEA7]))
@@ -221,7 +262,8 @@ def class_means(seed: int, classes: int, dim: int) -> np.ndarray:
 
 def _validate(out: Path, overwrite: bool, nodes: int, avg_degree: float, classes: int,
               feature_dim: int, homophily: float, degree_exponent: float,
-              max_degree: float | None, signal: float | None, edges_per_part: int) -> None:
+              max_degree: float | None, signal: float | None, edges_per_part: int,
+              labelled_fraction: float, feature_dtype: str) -> None:
     require(nodes >= 2, f"--nodes: need at least 2, got {nodes}")
     require(nodes < 1 << 62, f"--nodes: at most 2^62, got {nodes}")
     require(2 <= classes <= nodes, f"--classes: need 2 <= classes <= nodes, got {classes}")
@@ -236,6 +278,15 @@ def _validate(out: Path, overwrite: bool, nodes: int, avg_degree: float, classes
     require(signal is None or (math.isfinite(signal) and signal >= 0),
             f"--signal: must be >= 0, got {signal}")
     require(edges_per_part >= 1, f"--edges-per-part: must be >= 1, got {edges_per_part}")
+    require(math.isfinite(labelled_fraction) and 0.0 < labelled_fraction <= 1.0,
+            f"--labelled-fraction: must be in (0, 1], got {labelled_fraction}")
+    if labelled_fraction < 1.0:
+        require(round(nodes * labelled_fraction) >= sum(SPLIT_SHARES),
+                f"--labelled-fraction: {labelled_fraction} of {nodes} nodes is "
+                f"{round(nodes * labelled_fraction)} labelled nodes, too few for a "
+                f"train/val/test split (need {sum(SPLIT_SHARES)})")
+    require(feature_dtype in FEATURE_DTYPES,
+            f"--feature-dtype: must be float32 or float16, got {feature_dtype!r}")
     if out.exists() and not overwrite:
         raise InputError(f"--out: {out} exists (pass --overwrite to replace it)")
     if out.exists():
@@ -251,20 +302,25 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
              homophily: float = DEFAULTS["homophily"], seed: int = DEFAULTS["seed"],
              overwrite: bool = False, degree_exponent: float = DEFAULTS["degree_exponent"],
              max_degree: float | None = None, signal: float | None = None,
-             edges_per_part: int = EDGES_PER_PART) -> dict[str, Any]:
-    """Write OUT/edges/part-*.parquet, features.npy, labels.npy, synth.json; return synth.json
-    (plus `_seconds`, timings kept out of the file so that it stays deterministic).
+             edges_per_part: int = EDGES_PER_PART, labelled_fraction: float = 1.0,
+             feature_dtype: str = "float32") -> dict[str, Any]:
+    """Write OUT/edges/part-*.parquet, features.npy, labels.npy, synth.json (and with
+    labelled_fraction < 1, train.npy / val.npy / test.npy); return synth.json (plus
+    `_seconds`, timings kept out of the file so that it stays deterministic).
 
     Output goes to a temporary directory beside OUT, renamed into place at the end.
     """
     out = Path(out).absolute()
     nodes, classes, feature_dim, seed = int(nodes), int(classes), int(feature_dim), int(seed)
     avg_degree, homophily, gamma = float(avg_degree), float(homophily), float(degree_exponent)
+    labelled_fraction = float(labelled_fraction)
     _validate(out, overwrite, nodes, avg_degree, classes, feature_dim, homophily, gamma,
-              max_degree, signal, int(edges_per_part))
+              max_degree, signal, int(edges_per_part), labelled_fraction, str(feature_dtype))
+    fdtype = np.dtype(feature_dtype)
+    split = split_sizes(nodes, labelled_fraction) if labelled_fraction < 1.0 else None
     num_edges = int(round(nodes * avg_degree / 2))
     id_dtype = np.dtype(np.int32 if nodes < 1 << 31 else np.int64)
-    need = num_edges * 2 * id_dtype.itemsize + nodes * (feature_dim * 4 + 8)
+    need = num_edges * 2 * id_dtype.itemsize + nodes * (feature_dim * fdtype.itemsize + 8)
     free = shutil.disk_usage(out.parent).free
     require(need < free, f"--out: about {need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free")
 
@@ -292,7 +348,8 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
                                                    int(edges_per_part), id_dtype, model)
         t_edges = time.perf_counter() - t0
         _write_nodes(tmp, nodes, classes, class_means(seed, classes, feature_dim), signal,
-                     keys[4], keys[_STREAMS:], lbits, rbits)
+                     keys[4], keys[_STREAMS:], lbits, rbits, fdtype,
+                     None if split is None else (split, _split_keys(seed)))
         edge_bytes = sum(f.stat().st_size for f in (tmp / "edges").iterdir())
         info = {
             "model": "degree-corrected contextual SBM (lrgi_ooc.ingest.synth)",
@@ -300,7 +357,8 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
                 nodes=nodes, avg_degree=avg_degree, classes=classes, feature_dim=feature_dim,
                 homophily=homophily, seed=seed, degree_exponent=gamma, max_degree=max_degree,
                 signal=signal, noise_std=1.0, edges_per_part=int(edges_per_part),
-                other_class="uniform over the other classes"),
+                other_class="uniform over the other classes",
+                labelled_fraction=labelled_fraction, feature_dtype=fdtype.name),
             "derived": dict(
                 rank_offset_r0=r0,
                 raw_bayes_accuracy=(round(bayes_accuracy(signal, classes), 4)
@@ -311,12 +369,16 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
             "counts": dict(
                 undirected_edges_requested=num_edges, edges_written=written,
                 self_loops_dropped=loops, realised_homophily=same / max(written, 1),
-                parts=parts),
+                parts=parts, labelled_nodes=nodes if split is None else sum(split),
+                split_sizes=None if split is None else dict(zip(("train", "val", "test"),
+                                                                split))),
             "files": dict(
                 edges="edges/", edge_columns=["src", "dst"], id_dtype=id_dtype.name,
                 parquet_compression=PARQUET_COMPRESSION, parquet_encoding=PARQUET_ENCODING,
-                features="features.npy", features_dtype="float32",
-                labels="labels.npy", labels_dtype="int64", undirected=True),
+                features="features.npy", features_dtype=fdtype.name,
+                labels="labels.npy", labels_dtype="int64", undirected=True,
+                splits=None if split is None else dict(zip(("train", "val", "test"),
+                                                           SPLIT_FILES))),
             "bytes": dict(
                 edges=edge_bytes, features=(tmp / "features.npy").stat().st_size,
                 labels=(tmp / "labels.npy").stat().st_size,
@@ -373,12 +435,17 @@ def _write_edges(edir: Path, num_edges: int, per_part: int, id_dtype: np.dtype,
 
 
 def _write_nodes(tmp: Path, nodes: int, classes: int, means: np.ndarray, signal: float,
-                 key: np.uint64, fkeys: np.ndarray, lbits: int, rbits: int) -> None:
-    """labels.npy (int64) and features.npy (float32): .npy header, then raw appends of
-    reused block buffers (a memmap would keep every written page in RSS).
+                 key: np.uint64, fkeys: np.ndarray, lbits: int, rbits: int,
+                 fdtype: np.dtype = np.dtype(np.float32),
+                 split: tuple[tuple[int, int, int], np.ndarray] | None = None) -> None:
+    """labels.npy (int64) and features.npy (`fdtype`): .npy header, then raw appends of
+    reused block buffers (a memmap would keep every written page in RSS). With `split`
+    ((train, val, test) sizes, permutation keys): the split's index files the same way (their
+    sizes are exact, so headers come first), labels outside it -1.
 
     Noise is numpy's ziggurat, one generator per block of `step` nodes keyed by the block
     index; `step` depends only on feature_dim, so the output is fixed by the parameters.
+    Features are drawn in float32 and rounded per block to `fdtype`.
     """
     dim = means.shape[1]
     step = max(1, min(NODES_PER_BLOCK, (16 << 20) // (4 * dim)))
@@ -393,9 +460,19 @@ def _write_nodes(tmp: Path, nodes: int, classes: int, means: np.ndarray, signal:
         np.add(x[:cnt], shift[:cnt], out=x[:cnt])
 
     blocks = [(k, i0, min(step, nodes - i0)) for k, i0 in enumerate(range(0, nodes, step))]
-    with open(tmp / "features.npy", "wb") as ff, open(tmp / "labels.npy", "wb") as fl, \
-            ThreadPoolExecutor(2) as pool, bar(nodes, "synth nodes", unit="node") as pb:
-        for f, dtype, shape in ((ff, np.float32, (nodes, dim)), (fl, np.int64, (nodes,))):
+    parts = np.empty(step, np.int8)
+    with contextlib.ExitStack() as files:
+        ff, fl = (files.enter_context(open(tmp / name, "wb"))
+                  for name in ("features.npy", "labels.npy"))
+        fs = [files.enter_context(open(tmp / name, "wb"))
+              for name in (SPLIT_FILES if split is not None else ())]
+        pool = files.enter_context(ThreadPoolExecutor(2))
+        pb = files.enter_context(bar(nodes, "synth nodes", unit="node"))
+        heads = [(ff, fdtype, (nodes, dim)), (fl, np.int64, (nodes,))]
+        if split is not None:
+            heads += [(f, np.int64, (size,)) for f, size in zip(fs, split[0])]
+            bounds = np.cumsum(split[0]).astype(np.int64)
+        for f, dtype, shape in heads:
             np.lib.format.write_array_header_1_0(f, {
                 "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                 "fortran_order": False, "shape": shape})
@@ -404,9 +481,15 @@ def _write_nodes(tmp: Path, nodes: int, classes: int, means: np.ndarray, signal:
             for (k, i0, cnt), (lab, x, shift) in todo:
                 _label_block(i0, lab[:cnt], nodes, classes, fkeys, lbits, rbits)
             futures = [pool.submit(fill, k, cnt, *slot) for (k, _, cnt), slot in todo]
-            for ((_, _, cnt), (lab, x, _)), fut in zip(todo, futures):
+            for ((_, i0, cnt), (lab, x, _)), fut in zip(todo, futures):
                 fut.result()
-                ff.write(memoryview(x[:cnt]))
+                if split is not None:       # after fill: features use the true class
+                    _unlabel_block(i0, lab[:cnt], parts[:cnt], nodes, bounds, split[1],
+                                   lbits, rbits)
+                    for code, f in enumerate(fs):
+                        f.write(memoryview(np.flatnonzero(parts[:cnt] == code) + i0))
+                ff.write(memoryview(x[:cnt] if fdtype == np.float32
+                                    else x[:cnt].astype(fdtype)))
                 fl.write(memoryview(lab[:cnt]))
                 pb.update(cnt)
 

@@ -49,6 +49,13 @@ def _prefetch_row(typingctx, arr, i):
     return sig, codegen
 
 
+def empty_state(rows: int, heads: int, width: int) -> tuple[np.ndarray, ...]:
+    """Running-softmax state of `rows` targets: (max m, denominator s, a_dst, acc [rows, H*C]),
+    filled by init_state; one definition for the in-memory and the streamed aggregation."""
+    return (np.empty((rows, heads), np.float32), np.empty((rows, heads), np.float32),
+            np.empty((rows, heads), np.float32), np.empty((rows, heads * width), np.float32))
+
+
 @numba.njit(parallel=True, **_JIT)
 def init_state(h: np.ndarray, a_src: np.ndarray, att_dst: np.ndarray, targets: np.ndarray,
                slope: float, a_dst: np.ndarray, m: np.ndarray, s: np.ndarray,

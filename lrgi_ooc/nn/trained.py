@@ -1,4 +1,4 @@
-"""A trained layer's frozen block, kept inside the store (format v2: `layers/<l>/weights`).
+"""A trained layer's frozen block, kept inside the store (format >= 2: `layers/<l>/weights`).
 
 `train` saves it, `embed`, `encode`, `train-e2e` and the PyG encoder load it. The arrays and
 the configuration they were trained with live in the store itself, so copying the store
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.errors import InputError, space_for
 from lrgi_ooc.nn.blockweights import BLOCK_FILE, GATWeights
 from lrgi_ooc.store.layout import GraphStore, train_stage, weights_key
 
@@ -23,14 +23,20 @@ ARRAYS = ("lin", "att_src", "att_dst", "bias", "skip")
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file, fsync'd, then renamed into place."""
+    """torch.save through a temporary file, fsync'd, then renamed into place: a write that
+    fails (a full disk: DiskFull naming `path`) leaves the previous file and no temporary."""
+    import io
+
     import torch
+    buf = io.BytesIO()        # torch.save to a file hides its ENOSPC in an opaque RuntimeError
+    torch.save(obj, buf)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with space_for(path, tmp):
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def write_weights(store: GraphStore, layer: int, w: GATWeights, conf: dict[str, Any],
@@ -106,10 +112,10 @@ def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
 
 
 def upgrade_v1(store: GraphStore) -> tuple[list[int], list[int]]:
-    """Format v1 -> v2: every trained layer's weights move from `<store>.runs/train-<l>/`
-    (block.npz, or the torch checkpoint layer.pt of older stores) into the store. The format
-    version is bumped last, in one durable write: killed before it, the store is still a
-    valid v1 store and the upgrade simply runs again. Returns (layers moved, layers whose
+    """Format v1's part of `upgrade`: every trained layer's weights move from
+    `<store>.runs/train-<l>/` (block.npz, or the torch checkpoint layer.pt of older stores)
+    into the store. The format version is bumped last (by `stages.upgrade`), in one durable
+    write: killed before it, the store is still a v1 store and the upgrade simply runs again. Returns (layers moved, layers whose
     weights were not found: their train record is cleared, their table kept)."""
     moved: list[int] = []
     lost: list[int] = []

@@ -20,6 +20,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def setting(source: str, name: str) -> str:
+    """How a message names a setting: `--flag` for command-line options (source "option"),
+    `FILE: key` (or `FILE [table]: key`) for a config file."""
+    return f"--{name.replace('_', '-')}" if source == "option" else f"{source}: {name}"
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """One LRGI layer's training settings (defaults: docs/cli.md, tuned for graphs in general)."""
@@ -43,7 +49,7 @@ class TrainConfig:
 
     def validate(self, source: str) -> "TrainConfig":
         def bad(name: str, why: str) -> InputError:
-            return InputError(f"{source}: {name} {why}")
+            return InputError(f"{setting(source, name)} {why}")
         for name in ("dim", "heads", "batch_size", "hid", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
@@ -125,7 +131,7 @@ def build(cls: type, values: dict[str, Any], source: str, base: Any = None) -> A
         k = key.replace("-", "_")
         if k not in names:
             raise InputError(f"{source}: unknown key '{key}'")
-        kwargs[k] = _coerce(value, hints[k], f"{source}: {key}")
+        kwargs[k] = _coerce(value, hints[k], setting(source, key))
     obj = cls(**kwargs)
     return obj.validate(source) if hasattr(obj, "validate") else obj
 

@@ -6,28 +6,35 @@ runs unchanged as a Dask task. Two passes over that chunk grid: phase 1 projects
 node once ([h | a_src], the per-node half of GAT, into the transient `projection` arrays);
 phase 2 aggregates each chunk's neighbourhoods from the mapped projection with a compiled
 kernel (`gatkernel`), edges in pieces of at most `max_edges` with an online softmax, so a
-node of any degree fits in bounded memory.
+node of any degree fits in bounded memory. When the projection and the tasks' state do not
+fit `--memory-limit`, phase 2 reads the projection in node-range source blocks instead
+(`embed_stream`: the plan, printed and recorded as the stage record's `plan`).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lrgi_ooc.cluster import tasks as cluster
-from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.errors import InputError, space_for
+from lrgi_ooc.base.memory import parse_size
 from lrgi_ooc.nn.blockweights import GATWeights, matmul_t
 from lrgi_ooc.nn.device import device_name
 from lrgi_ooc.nn.trained import load_block, weights_stamp
 from lrgi_ooc.sample.subgraph import graph_for, seed_nodes
+from lrgi_ooc.stages.embed_stream import (DEFAULT_MEMORY_LIMIT, output_chunk_rows, plan_embed,
+                                          read_sorted_rows, stream_aggregate,
+                                          tasks_per_machine)
 from lrgi_ooc.store.layout import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_hash,
                                    embed_stage, embeddings_key, projection_keys,
                                    train_embeddings_key, train_stage)
+from lrgi_ooc.store.lock import writes_store
 
 DEFAULT_MAX_EDGES = 1 << 21
 WORKER_MODULES = ("lrgi_ooc.stages.embed", "lrgi_ooc.nn.gatkernel")   # preloaded by local workers
@@ -95,10 +102,7 @@ def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.nda
     h, a_src = (p.view(np.ndarray) if isinstance(p, np.memmap) else p for p in proj)
     targets = np.asarray(targets, dtype=np.int64)
     R = len(targets)
-    m = np.empty((R, H), np.float32)
-    s = np.empty((R, H), np.float32)
-    a_dst = np.empty((R, H), np.float32)
-    acc = np.empty((R, H * C), np.float32)
+    m, s, a_dst, acc = gatkernel.empty_state(R, H, C)
     att_dst = w.att_dst
     gatkernel.init_state(h, a_src, att_dst, targets, slope, a_dst, m, s, acc)
     deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
@@ -167,8 +171,9 @@ def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int
             store.create_array(train_embeddings_key(layer), (train_rows, dim), np.float32,
                                chunk_rows)
         tmp = prog.with_name(prog.name + ".tmp")
-        tmp.write_text(json.dumps({"config_hash": chash}))
-        os.replace(tmp, prog)
+        with space_for(prog, tmp):
+            tmp.write_text(json.dumps({"config_hash": chash}))
+            os.replace(tmp, prog)
     return run
 
 
@@ -188,6 +193,7 @@ class EmbedSpec:
     inductive: bool
     stamp: tuple             # store dir and weights (inode, mtime): the worker cache key
     model: str = ""          # the store holding the weights (encode), or "" for `store`
+    blocks: tuple = ()       # source-block bounds when phase 2 streams (embed_stream)
 
 
 def _context(spec: EmbedSpec) -> dict[str, Any]:
@@ -207,7 +213,8 @@ def _graphs(spec: EmbedSpec) -> dict[str, Any]:
     """The projection (mapped only once it is complete) and the CSR each output reads."""
     def make() -> dict[str, Any]:
         store = GraphStore(spec.store)
-        g = {"proj": tuple(store.mmap(k) for k in projection_keys(spec.layer)),
+        g = {"proj": None if spec.blocks else
+             tuple(store.mmap(k) for k in projection_keys(spec.layer)),
              embeddings_key(spec.layer): (store.indptr(), StoreRows(store, INDICES), None)}
         if spec.inductive:
             g[train_embeddings_key(spec.layer)] = (*graph_for(store, True),
@@ -246,10 +253,52 @@ def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
     a, b = store.info(key).chunk_bounds(i)
     ids = np.arange(a, b, dtype=np.int64) if targets is None else targets[a:b]
     x = ctx["table"][a:b] if targets is None else ctx["table"][ids]
-    out = aggregate(ctx["weights"], g["proj"], indptr, indices, ids, x, spec.max_edges,
-                    ctx["device"])
+    if spec.blocks:
+        out = _streamed(spec, ctx, indptr, indices, ids, x)
+    else:
+        out = aggregate(ctx["weights"], g["proj"], indptr, indices, ids, x, spec.max_edges,
+                        ctx["device"])
     store.write_chunk(key, i, out)
     return int(indptr[ids + 1].sum() - indptr[ids].sum()) if len(ids) else 0
+
+
+def _streamed(spec: EmbedSpec, ctx: dict[str, Any], indptr: np.ndarray, indices: Any,
+              ids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Output rows `ids` (ascending) with the projection read in `spec.blocks`, by plain
+    reads. Memory: one source block ((H C + H) 4 bytes a node) beside embed_task's."""
+    store, keys = ctx["store"], projection_keys(spec.layer)
+    contiguous = _contiguous(ids)
+    own = tuple(store.read_rows(k, int(ids[0]), int(ids[-1]) + 1) if contiguous
+                else read_sorted_rows(store, k, ids) for k in keys)
+    cum = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(indptr[ids + 1] - indptr[ids], out=cum[1:])
+
+    def sources(q0: int, q1: int) -> np.ndarray:
+        if contiguous:
+            base = int(indptr[ids[0]])
+            return np.asarray(indices[base + q0:base + q1])
+        return np.asarray(indices[segment_edges(indptr, ids, q0, q1, cum)])
+
+    def block(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+        return store.read_rows(keys[0], s0, s1), store.read_rows(keys[1], s0, s1)
+    return stream_aggregate(ctx["weights"], block, spec.blocks, own, indptr, ids, sources, x,
+                            spec.max_edges, ctx["device"])
+
+
+def _output_blocks(store: GraphStore, layer: int, key: str, chunks: list[int]
+                   ) -> list[tuple[int, int]]:
+    """(rows, in-edges) of the output chunks `chunks` of `key`: what the planner sizes."""
+    info = store.info(key)
+    if key == embeddings_key(layer):
+        ip, seeds = store.indptr(), None
+    else:
+        ip, seeds = graph_for(store, True)[0], seed_nodes(store, True)
+    out = []
+    for i in chunks:
+        a, b = info.chunk_bounds(i)
+        e = ip[b] - ip[a] if seeds is None else (ip[seeds[a:b] + 1] - ip[seeds[a:b]]).sum()
+        out.append((b - a, int(e)))
+    return out
 
 
 def _drop_projection(store: GraphStore, layer: int) -> None:
@@ -257,10 +306,13 @@ def _drop_projection(store: GraphStore, layer: int) -> None:
         store.delete(key)
 
 
+@writes_store("store_path", "embed layer {layer}")
 def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
                 device: str = "auto", client: Any = None,
                 chunk_rows: int | None = None,
-                model: str | Path | None = None) -> dict[str, Any]:
+                model: str | Path | None = None,
+                memory_limit: str | int = DEFAULT_MEMORY_LIMIT,
+                source_blocks: int | None = None) -> dict[str, Any]:
     """Write layer L's table; chunk tasks run in-process (client None) or on a Dask client.
 
     Two passes over the output chunk grid: project every node once (phase 1), then aggregate
@@ -269,20 +321,30 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     about 32 MB chunks. The task plan is the chunk grid minus the chunks already on disk, so
     a run killed at any point (client or worker) resumes with the chunks not yet written.
     `model`: another store whose trained layer L is applied to this store's graph (`encode`;
-    no inductive training table then)."""
+    no inductive training table then). `memory_limit`: what phase 2 may hold on one machine;
+    when the projection and the running tasks' state do not fit, the projection is read in
+    source blocks (`source_blocks` forces their number). Neither changes the table, so
+    neither is part of the configuration: a rerun under another budget resumes."""
     store = GraphStore(Path(store_path).resolve())
     source = GraphStore(Path(model).resolve()) if model is not None else store
+    if layer < 1:
+        raise InputError(f"--layer: must be >= 1 (layer 0 is the node features), got {layer}")
     stage = embed_stage(layer)
     conf = embed_config(source, layer)
     if model is not None:
         conf["encoded"] = True
+    limit = parse_size(str(memory_limit))
+    if source_blocks is not None and source_blocks <= 0:
+        raise InputError(f"--source-blocks: must be positive, got {source_blocks}")
+    if max_edges <= 0:
+        raise InputError(f"--max-edges: must be positive, got {max_edges}")
+    if chunk_rows is not None and (chunk_rows <= 0 or chunk_rows % MIN_CHUNK_ROWS):
+        raise InputError(f"--chunk-rows: must be a positive multiple of {MIN_CHUNK_ROWS}, "
+                         f"got {chunk_rows}")
     if store.stage_complete(stage, conf) and store.has(embeddings_key(layer)):
         _drop_projection(store, layer)
         print(f"layer {layer}: embeddings already written with this configuration (skipping)")
         return store.stage_record(stage)
-    if max_edges <= 0:
-        raise InputError(f"--max-edges: must be positive, got {max_edges}")
-    store.clear_stage(stage)
     meta = load_block(source, layer)[1]
     width = store.info(store.table_key(layer - 1)).shape[1]
     if width != meta["in_dim"] and model is not None:
@@ -295,15 +357,29 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     inductive = bool(meta["inductive"]) and model is None
     keys = [embeddings_key(layer)] + ([train_embeddings_key(layer)] if inductive else [])
     train_rows = len(seed_nodes(store, True)) if inductive else None
-    if chunk_rows is not None and (chunk_rows <= 0 or chunk_rows % MIN_CHUNK_ROWS):
-        raise InputError(f"--chunk-rows: must be a positive multiple of {MIN_CHUNK_ROWS}, "
-                         f"got {chunk_rows}")
+    tasks = tasks_per_machine(client)
+    if chunk_rows is None:
+        chunk_rows = output_chunk_rows(store.num_nodes, store.num_edges, dim, heads, width,
+                                       max_edges, limit, tasks, source_blocks)
+    # the graph and the input table are there, their chunks whole; the record is cleared
+    # only then, so that bad input leaves the old record (and no new output) in place
+    store.indptr(), store.indices(), store.table(layer - 1)
+    store.clear_stage(stage)
     prepare_output(store, layer, conf, dim, heads, train_rows, chunk_rows)
     spec = EmbedSpec(str(store.path), int(layer), int(max_edges), str(device), inductive,
                      (cluster.file_stamp(store.path), weights_stamp(source, layer)),
                      str(source.path) if model is not None else "")
     t0 = time.time()
     todo = {key: pending_chunks(store, key) for key in keys}
+    plan = plan_embed(store.num_nodes, dim, heads, width,
+                      store.info(store.table_key(layer - 1)).dtype.itemsize,
+                      store.info(INDICES).dtype.itemsize,
+                      [b for key in keys for b in _output_blocks(store, layer, key, todo[key])],
+                      store.info(embeddings_key(layer)).chunk_rows, int(max_edges), limit,
+                      tasks, source_blocks)
+    print(plan.line(layer), flush=True)
+    if plan.mode == "streamed":
+        spec = replace(spec, blocks=plan.bounds)
     if any(todo.values()):
         pkey = projection_keys(layer)[0]
         info = store.info(pkey)
@@ -323,6 +399,6 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     if client is None:
         cluster.clear_cache()
     secs = time.time() - t0
-    store.mark_stage(stage, conf, seconds=round(secs, 2), edges=int(edges))
+    store.mark_stage(stage, conf, seconds=round(secs, 2), edges=int(edges), plan=plan.record())
     _drop_projection(store, layer)
     return store.stage_record(stage)

@@ -15,6 +15,7 @@ from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.nn.trained import load_block
 from lrgi_ooc.stages.embed import DEFAULT_MAX_EDGES, embed_layer
 from lrgi_ooc.store.layout import GraphStore, train_stage
+from lrgi_ooc.store.lock import writes_store
 
 
 def trained_layers(store: GraphStore) -> list[int]:
@@ -27,7 +28,7 @@ def trained_layers(store: GraphStore) -> list[int]:
 
 def parse_layers(text: str | None, available: list[int], model: Path) -> list[int]:
     """`--layers`: "1..L", "a..b", "a,b,c" or "a"; default every trained layer."""
-    if text is None or str(text).strip() == "":
+    if text is None:                 # an empty --layers names no layer: an error, below
         want = list(available)
     else:
         t = str(text).strip()
@@ -50,6 +51,7 @@ def parse_layers(text: str | None, available: list[int], model: Path) -> list[in
     return want
 
 
+@writes_store("target", "encode with {model}")
 def encode_store(model: str | Path, target: str | Path, *, layers: str | None = None,
                  max_edges: int = DEFAULT_MAX_EDGES, device: str = "auto",
                  client: Any = None) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from lrgi_ooc.stages.config import TrainConfig
 from lrgi_ooc.stages.embed import DEFAULT_MAX_EDGES, embed_layer
 from lrgi_ooc.stages.train import fit, input_hash, total_steps
 from lrgi_ooc.store.layout import GraphStore, config_hash, embed_stage, train_stage
+from lrgi_ooc.store.lock import writes_store
 
 E2E_STAGE = "train/e2e"
 
@@ -128,6 +129,7 @@ def _fit(store: GraphStore, num_layers: int, cfg: TrainConfig,
     return model.eval(), steps
 
 
+@writes_store("store_path", "train-e2e of {num_layers} layers")
 def train_e2e(store_path: str | Path, num_layers: int, cfg: TrainConfig,
               max_edges: int | None = None) -> dict[str, Any]:
     """Train layers 1..L jointly, record them as train/1..L, then embed every layer."""

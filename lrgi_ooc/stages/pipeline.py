@@ -19,17 +19,19 @@ from lrgi_ooc.ingest import synth
 from lrgi_ooc.stages import config as cfgmod
 from lrgi_ooc.stages.config import TrainConfig
 from lrgi_ooc.stages.embed import DEFAULT_MAX_EDGES, WORKER_MODULES, embed_layer
+from lrgi_ooc.stages.embed_stream import DEFAULT_MEMORY_LIMIT
 from lrgi_ooc.stages.preprocess import WORKER_MODULES as PREPROCESS_WORKER_MODULES
 from lrgi_ooc.stages.preprocess import PreprocessOptions, run_preprocess
 from lrgi_ooc.stages.train import run_train
 from lrgi_ooc.store.layout import GraphStore, config_hash
+from lrgi_ooc.store.lock import writer_lock
 
 PIPELINE_KEYS = {"store", "num_layers", "synth", "preprocess", "train", "layer", "embed",
                  "evaluate", "dask"}
-EMBED_KEYS = {"max_edges", "device"}
+EMBED_KEYS = {"max_edges", "device", "memory_limit", "source_blocks"}
 DASK_KEYS = {"workers", "scheduler", "gpu_task"}
 EVALUATE_KEYS = {"layers", "num_splits", "seed", "epochs", "json", "stream", "memory_limit",
-                 "device"}
+                 "device", "probe", "concat", "concat_raw", "metric"}
 INPUT_STAGE = "pipeline/input"
 
 
@@ -41,6 +43,9 @@ def _preprocess_table(table: dict[str, Any], synth_out: Path | None) -> dict[str
         t.setdefault("features", str(synth_out / "features.npy"))
         t.setdefault("labels", str(synth_out / "labels.npy"))
         t.setdefault("undirected", True)
+        for part in ("train", "val", "test"):      # written by synth --labelled-fraction
+            if (synth_out / f"{part}.npy").is_file():
+                t.setdefault(part, str(synth_out / f"{part}.npy"))
     return t
 
 
@@ -48,6 +53,12 @@ def _preprocess_options(t: dict[str, Any], out: Path, source: str) -> Preprocess
     fields = {f.name for f in dataclasses.fields(PreprocessOptions)} - {"out", "overwrite"}
     opts = {k.replace("-", "_"): v for k, v in t.items()}
     cfgmod.check_keys(opts, fields, f"{source} [preprocess]")
+    for f in dataclasses.fields(PreprocessOptions):     # flags: true/false; others: a value
+        v = opts.get(f.name)
+        if f.name in opts and (not isinstance(v, bool) if isinstance(f.default, bool) else
+                               isinstance(v, bool) or not isinstance(v, (str, int))):
+            want = "true or false" if isinstance(f.default, bool) else "a string or a number"
+            raise InputError(f"{source} [preprocess] {f.name}: must be {want}, got {v!r}")
     return PreprocessOptions(out=out, overwrite=True, **opts)
 
 
@@ -133,13 +144,19 @@ def run_pipeline(path: str | Path | dict[str, Any], store_override: str | None =
             raise InputError(f"{source}: [{name}] must be a table")
     layer_cfgs = _layer_configs(doc, n, source)
     embed_opts = cfgmod.check_keys(doc.get("embed", {}), EMBED_KEYS, f"{source} [embed]")
+    _check_embed(embed_opts, source)
     eval_opts = dict(cfgmod.check_keys(doc.get("evaluate", {}), EVALUATE_KEYS,
                                        f"{source} [evaluate]"))
+    _check_evaluate(eval_opts, source)
+    _check_evaluate_values(eval_opts, n, source)
+    if "synth" in doc:
+        _check_synth(doc["synth"], source)
     out = Path(store_path)
     dk = _dask_settings(doc, source, dask)
-    with cluster.dask_client(dk.get("workers"), dk.get("scheduler"),
-                             gpu=bool(dk.get("gpu_task")),
-                             preload=WORKER_MODULES + PREPROCESS_WORKER_MODULES) as client:
+    with writer_lock(out, "run", create=True), \
+            cluster.dask_client(dk.get("workers"), dk.get("scheduler"),
+                                gpu=bool(dk.get("gpu_task")),
+                                preload=WORKER_MODULES + PREPROCESS_WORKER_MODULES) as client:
         _run_stages(doc, source, out, n, layer_cfgs, embed_opts, client,
                     bool(dk.get("gpu_task")))
     return _evaluate(out, n, eval_opts)
@@ -174,7 +191,73 @@ def _run_stages(doc: dict[str, Any], source: str, out: Path, n: int,
     for i, cfg in enumerate(layer_cfgs, start=1):
         run_train(out, i, cfg, client, gpu_task)
         embed_layer(out, i, max_edges=int(embed_opts.get("max_edges", DEFAULT_MAX_EDGES)),
-                    device=str(embed_opts.get("device", cfg.device)), client=client)
+                    device=str(embed_opts.get("device", cfg.device)), client=client,
+                    memory_limit=embed_opts.get("memory_limit", DEFAULT_MEMORY_LIMIT),
+                    source_blocks=embed_opts.get("source_blocks"))
+
+
+def _check_embed(embed_opts: dict[str, Any], source: str) -> None:
+    """[embed]'s numeric options, checked before any stage runs."""
+    me = embed_opts.get("max_edges", DEFAULT_MAX_EDGES)
+    if not isinstance(me, int) or isinstance(me, bool) or me < 1:
+        raise InputError(f"{source} [embed] max_edges: must be a positive integer, got {me!r}")
+    if "memory_limit" in embed_opts:
+        parse_size(str(embed_opts["memory_limit"]), f"{source} [embed] memory_limit")
+    sb = embed_opts.get("source_blocks")
+    if sb is not None and (not isinstance(sb, int) or isinstance(sb, bool) or sb < 1):
+        raise InputError(f"{source} [embed] source_blocks: must be a positive integer, "
+                         f"got {sb!r}")
+
+
+def _check_evaluate(eval_opts: dict[str, Any], source: str) -> None:
+    """[evaluate]'s probe options, checked before any stage runs, not after the training."""
+    from lrgi_ooc.stages.evaluate import check_probe_options
+    check_probe_options(eval_opts.get("probe", "lrgi"), eval_opts.get("metric"),
+                        eval_opts.get("concat", False), eval_opts.get("concat_raw", False),
+                        f"{source} [evaluate]")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_evaluate_values(eval_opts: dict[str, Any], n: int, source: str) -> None:
+    """[evaluate]'s layers and numbers, checked before any stage runs (the probe runs last)."""
+    where = f"{source} [evaluate]"
+    layers = eval_opts.get("layers", [0])
+    if not isinstance(layers, list) or not layers or \
+            not all(_is_int(v) and 0 <= v <= n for v in layers):
+        raise InputError(f"{where} layers: must be a non-empty list of layers in 0..{n} "
+                         f"(num_layers), got {layers!r}")
+    for k in ("num_splits", "epochs", "batch_rows"):
+        if k in eval_opts and not (_is_int(eval_opts[k]) and eval_opts[k] >= 1):
+            raise InputError(f"{where} {k}: must be a positive integer, got {eval_opts[k]!r}")
+    if "seed" in eval_opts and not _is_int(eval_opts["seed"]):
+        raise InputError(f"{where} seed: must be an integer, got {eval_opts['seed']!r}")
+    if "memory_limit" in eval_opts:
+        parse_size(str(eval_opts["memory_limit"]), f"{where} memory_limit")
+    if eval_opts.get("stream") is not None and not isinstance(eval_opts["stream"], bool):
+        raise InputError(f"{where} stream: must be true or false, got {eval_opts['stream']!r}")
+    if "json" in eval_opts and not isinstance(eval_opts["json"], str):
+        raise InputError(f"{where} json: must be a path, got {eval_opts['json']!r}")
+    if eval_opts.get("device") not in (None, "cpu", "cuda"):
+        raise InputError(f"{where} device: must be cpu or cuda, got {eval_opts['device']!r}")
+
+
+def _check_synth(table: dict[str, Any], source: str) -> None:
+    """[synth]'s keys (`synth` options) and value types; generate() checks the ranges."""
+    import inspect
+    params = {k: p.default for k, p in inspect.signature(synth.generate).parameters.items()
+              if p.default is not inspect.Parameter.empty and k != "overwrite"}
+    opts = {k.replace("-", "_"): v for k, v in table.items()}
+    cfgmod.check_keys(opts, set(params) | {"out"}, f"{source} [synth]")
+    for k, v in opts.items():
+        d = params.get(k, "")
+        ok = (isinstance(v, str) if isinstance(d, str) else _is_int(v) if _is_int(d)
+              else isinstance(v, (int, float)) and not isinstance(v, bool))
+        if not ok:
+            want = "a string" if isinstance(d, str) else "an integer" if _is_int(d) else "a number"
+            raise InputError(f"{source} [synth] {k}: must be {want}, got {v!r}")
 
 
 def _evaluate(out: Path, n: int, eval_opts: dict[str, Any]) -> list[dict[str, Any]]:

@@ -26,7 +26,8 @@ from lrgi_ooc.ingest import tables as ingest
 from lrgi_ooc.store import layout as st
 from lrgi_ooc.stages import remapped
 from lrgi_ooc.store import publish
-from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.store.lock import writer_lock
+from lrgi_ooc.base.errors import InputError, disk_full, is_disk_full
 from lrgi_ooc.base.memory import parse_size
 from lrgi_ooc.base.progress import bar
 
@@ -363,20 +364,30 @@ def preprocess(a: PreprocessOptions, workers: int | None = None,
                scheduler: str | None = None) -> dict[str, Any]:
     """The stage, in-process or on Dask; returns the new store's preprocess record."""
     cluster.check_options(workers, scheduler)
-    _options(a)                      # bad options fail before a cluster starts
-    with cluster.dask_client(workers, scheduler, preload=WORKER_MODULES) as client:
+    out = _options(a).out            # bad options fail before the lock and the cluster
+    with writer_lock(out, "preprocess", create=True), \
+            cluster.dask_client(workers, scheduler, preload=WORKER_MODULES) as client:
         return run_preprocess(a, client)
 
 
 def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
     """The stage on an open client (or none); with a Dask client, the CSR build and the
-    feature copy run as tasks. Returns the new store's preprocess record."""
+    feature copy run as tasks. Returns the new store's preprocess record. Holds --out's
+    writer lock: a store another command is writing is not replaced under it."""
+    with writer_lock(_options(a).out, "preprocess", create=True):
+        return _build(a, client)
+
+
+def _build(a: PreprocessOptions, client: Any) -> dict[str, Any]:
     t0 = time.time()
     o = _options(a)
     out = o.out
     publish.clean_stale(out)
     if out.exists() and not a.overwrite:
         raise InputError(f"--out {out}: output exists (use --overwrite to replace it)")
+    if out.exists() and not publish.replaceable(out):
+        raise InputError(f"--out {out}: exists and is not an lrgi-ooc store (--overwrite only "
+                         "replaces a store or an empty directory)")
     ie = remapped.id_edges(a, o.edge_chunk, o.num_nodes)
     if ie is not None:
         files = list(ie.files) + [Path(getattr(a, k)) for k in ("features", "labels")
@@ -430,6 +441,10 @@ def run_preprocess(a: PreprocessOptions, client: Any = None) -> dict[str, Any]:
         store.mark_stage("preprocess", config, fields=meta,
                          seconds=round(time.time() - t0, 2))
         publish.publish(staging, out, a.overwrite)
+    except OSError as e:                  # a write with no file name (scratch, staging)
+        if is_disk_full(e):
+            raise disk_full(e, staging) from None
+        raise
     finally:
         if features:                      # failed while they ran
             cluster.drain_tasks(features)

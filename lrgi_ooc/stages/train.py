@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.errors import InputError, space_for
 from lrgi_ooc.cluster import tasks as cluster
 from lrgi_ooc.nn.device import torch_device
 from lrgi_ooc.nn.trained import save_atomic, save_layer
@@ -21,6 +21,7 @@ from lrgi_ooc.sample.subgraph import graph_for, seed_nodes
 from lrgi_ooc.stages import config as cfgmod
 from lrgi_ooc.stages.config import TrainConfig
 from lrgi_ooc.store.layout import GraphStore, config_hash, embed_stage, train_stage
+from lrgi_ooc.store.lock import writes_store
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -89,12 +90,13 @@ def _trim_metrics(path: Path, upto_step: int) -> None:
         for line in f:
             try:
                 if json.loads(line).get("step", 0) <= upto_step:
-                    keep.append(line)
-            except ValueError:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except ValueError:      # a line cut short (killed, or the disk was full)
                 break
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    with space_for(path, tmp):
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
 
 
 def build_model(in_dim: int, cfg: TrainConfig):
@@ -121,7 +123,9 @@ def fit(model, loader, cfg: TrainConfig, *, steps: int, per_epoch: int, run: Pat
 
     Adam with warm-up and cosine decay; a checkpoint (model, optimiser, scheduler, RNG,
     step) every `checkpoint_every` steps and at the end; metrics as JSON lines. A checkpoint
-    of another configuration (`chash`) is discarded. Returns the seconds spent."""
+    of another configuration (`chash`) is discarded. Checkpoints are written tmp + rename, so
+    a full disk (DiskFull) keeps the last one and the rerun resumes from it. Returns the
+    seconds spent."""
     import torch
     from lrgi_ooc.base.progress import bar
     ckpt_path, metrics_path = run / CHECKPOINT_FILE, run / METRICS_FILE
@@ -153,7 +157,7 @@ def fit(model, loader, cfg: TrainConfig, *, steps: int, per_epoch: int, run: Pat
     model.train()
     t0 = time.time()
     pbar = bar(steps, desc, unit="step", initial=step)
-    with open(metrics_path, "a") as mf, loader:
+    with space_for(metrics_path), open(metrics_path, "a") as mf, loader:
         while step < steps:
             epoch, start = divmod(step, per_epoch)
             for tb in loader.iter_epoch(epoch, start):
@@ -193,9 +197,6 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
         raise InputError(f"{store.path}: no input table for layer {layer}")
     table = store.table(layer - 1)
     in_dim = int(table.shape[1])
-    # whatever happened before, a stage being (re)trained is not complete, nor is its output
-    store.clear_stage(stage)
-    store.clear_stage(embed_stage(layer))
 
     device = torch_device(cfg.device)
     seeds = seed_nodes(store, cfg.inductive)
@@ -205,6 +206,10 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     if per_epoch == 0:
         raise InputError(f"{store.path}: fewer than 2 seed nodes to train on")
     steps = total_steps(cfg, per_epoch)
+    # whatever happened before, a stage being (re)trained is not complete, nor is its output;
+    # cleared only now, so that bad input found above leaves the old records in place
+    store.clear_stage(stage)
+    store.clear_stage(embed_stage(layer))
     run = store.run_dir(stage)
 
     model = build_model(in_dim, cfg).to(device)
@@ -217,6 +222,7 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     return store.stage_record(stage)
 
 
+@writes_store("store", "train layer {layer}")
 def run_train(store: str | Path, layer: int, cfg: TrainConfig, client: Any = None,
               gpu_task: bool = False) -> dict[str, Any]:
     """The train stage here, or (`gpu_task`) as one Dask task on a worker with a GPU."""

@@ -2,5 +2,6 @@
 
 `layout` (keys, arrays, chunk files, stage records), `publish` (staging a new store and
 moving it into place), `chunkmap` (memory maps over chunk files), `fileio` (exact reads),
-`view` (the read-only view users get from `lrgi_ooc.open_store`). Must not import anything above `base`.
+`view` (the read-only view users get from `lrgi_ooc.open_store`), `lock` (one writer
+per store). Must not import anything above `base`.
 """

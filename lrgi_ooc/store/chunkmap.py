@@ -5,7 +5,8 @@ zarr-python 3 decodes every touched chunk whole, so random row gathers through i
 with page-aligned chunk sizes; the chunk files then hold the raw C-order bytes of their rows,
 and mapping them side by side into one reserved address range gives a view that numpy
 fancy-indexes at plain memmap speed. Missing chunks (never written) read as the fill value 0
-because the reservation is anonymous zero memory.
+because the reservation is anonymous zero memory. A chunk file may be longer than the chunk
+(the checksum trailer of format 3): only its first `chunk_nbytes` bytes are mapped.
 
 Only this module and `store` know that chunk files exist; nothing here knows key names.
 """
@@ -47,6 +48,14 @@ def _lib() -> ctypes.CDLL:
     return _libc
 
 
+class ChunkSizeError(OSError):
+    """A chunk file of the wrong size (truncated or damaged); `store` names the array."""
+
+    def __init__(self, index: int, path: Path, size: int, expected: int):
+        super().__init__(f"{path}: chunk file holds {size} bytes, expected {expected}")
+        self.index, self.size, self.expected = index, size, expected
+
+
 def stitching_supported() -> bool:
     return _LINUX or sys.platform == "darwin"
 
@@ -70,12 +79,14 @@ class _Mapping:
 
 def map_chunks(files: Sequence[Path], chunk_nbytes: int, dtype: np.dtype,
                shape: tuple[int, ...], writable: bool = False,
-               random_access: bool = True) -> np.ndarray:
+               random_access: bool = True, file_nbytes: int | None = None) -> np.ndarray:
     """Map chunk files (index i -> bytes [i*chunk_nbytes, (i+1)*chunk_nbytes)) as one array.
 
     A file that does not exist reads as zeros. Every existing file must be exactly
-    `chunk_nbytes` long (zarr pads edge chunks); `chunk_nbytes` must be page-aligned.
+    `file_nbytes` long (default `chunk_nbytes`: zarr pads edge chunks; more when a trailer
+    follows), else ChunkSizeError; `chunk_nbytes` must be page-aligned.
     """
+    file_nbytes = chunk_nbytes if file_nbytes is None else file_nbytes
     dtype = np.dtype(dtype)
     nbytes_used = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes_used == 0:
@@ -85,6 +96,9 @@ def map_chunks(files: Sequence[Path], chunk_nbytes: int, dtype: np.dtype,
     if len(files) == 1 and not writable:
         # One chunk needs no stitching: a plain memmap is the same thing.
         if os.path.exists(files[0]):
+            size = os.path.getsize(files[0])
+            if size != file_nbytes:
+                raise ChunkSizeError(0, files[0], size, file_nbytes)
             mm = np.memmap(files[0], dtype=dtype, mode="r", shape=shape)
             if random_access and hasattr(mm, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
                 mm._mmap.madvise(mmap.MADV_RANDOM)
@@ -106,8 +120,8 @@ def map_chunks(files: Sequence[Path], chunk_nbytes: int, dtype: np.dtype,
             continue
         try:
             size = os.fstat(fd).st_size
-            if size != chunk_nbytes:
-                raise OSError(f"{f}: chunk file holds {size} bytes, expected {chunk_nbytes}")
+            if size != file_nbytes:
+                raise ChunkSizeError(i, f, size, file_nbytes)
             addr = lib.mmap(base + i * chunk_nbytes, chunk_nbytes, prot,
                             _MAP_SHARED | _MAP_FIXED, fd, 0)
             if addr in (None, _MAP_FAILED):

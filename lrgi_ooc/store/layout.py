@@ -5,7 +5,9 @@ no other module spells a key, a chunk path or an attribute name.
 
 Hot arrays are uncompressed, row-chunked with page-aligned chunk sizes, so that
 `chunkmap` can memory-map a local store at numpy.memmap speed while zarr-python and
-dask.array.from_zarr still read it as ordinary Zarr v3.
+dask.array.from_zarr still read it as ordinary Zarr v3. Every chunk carries a CRC32C
+(zarr's `crc32c` codec: the chunk's bytes, then a 4-byte trailer), which zarr-python verifies
+on read and `validate` checks; the memory maps cover only the data part before it.
 """
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
+import google_crc32c
 import numpy as np
 
 from lrgi_ooc.store import chunkmap
-from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.errors import InputError, space_for
 from lrgi_ooc.base.memory import peak_rss_bytes
 
 FORMAT_NAME = "lrgi-ooc"
-FORMAT_VERSION = 2            # 2: trained weights inside the store (layers/<l>/weights)
+FORMAT_VERSION = 3            # 2: trained weights inside the store (layers/<l>/weights)
+#                               3: a CRC32C trailer on every chunk (codecs [bytes, crc32c])
 ATTR = "lrgi_ooc"
 
 INDPTR = "csr/indptr"
@@ -38,6 +42,8 @@ SPLIT_PARTS = ("train", "val", "test")
 SUB_INDPTR = "subgraph/train/indptr"     # inductive mode: CSR induced by split/train,
 SUB_INDICES = "subgraph/train/indices"   # global ids, rows of other nodes empty
 
+CRC_NBYTES = 4                 # zarr's crc32c codec: little-endian uint32 after the chunk
+MISSING = "missing"            # GraphStore.chunk_problem: the chunk file does not exist
 TARGET_CHUNK_BYTES = 32 << 20
 MIN_CHUNK_ROWS = 4096          # power of two >= page size: any row width stays page-aligned
 MAX_CHUNK_ROWS = 1 << 24
@@ -108,8 +114,9 @@ class ArrayInfo:
         self.shape: tuple[int, ...] = tuple(int(s) for s in meta["shape"])
         self.dtype = np.dtype(meta["data_type"])
         self.chunk_rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-        codecs = meta.get("codecs", [])
-        self.raw = len(codecs) == 1 and codecs[0].get("name") == "bytes"
+        names = [c.get("name") for c in meta.get("codecs", [])]
+        self.checksummed = names == ["bytes", "crc32c"]
+        self.raw = names == ["bytes"] or self.checksummed    # chunk files memory-mappable
 
     @property
     def num_rows(self) -> int:
@@ -128,6 +135,11 @@ class ArrayInfo:
         return self.chunk_rows * self.row_nbytes
 
     @property
+    def file_nbytes(self) -> int:
+        """Size of every chunk file: the padded chunk, then the checksum trailer if any."""
+        return self.chunk_nbytes + CRC_NBYTES * self.checksummed
+
+    @property
     def num_chunks(self) -> int:
         return -(-self.num_rows // self.chunk_rows)
 
@@ -142,18 +154,38 @@ class ArrayInfo:
 _GROUP_META = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
 
 
+def _codecs(dtype: np.dtype, checksummed: bool = True) -> list[dict[str, Any]]:
+    endian = {"configuration": {"endian": "little"}} if dtype.itemsize > 1 else {}
+    return [{"name": "bytes", **endian}] + ([{"name": "crc32c"}] if checksummed else [])
+
+
 def _zarr_array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -> dict[str, Any]:
-    """The zarr.json that zarr-python 3 writes for an uncompressed array with "/" chunk keys
+    """The zarr.json that zarr-python 3 writes for an uncompressed, checksummed array
+    (`serializer=BytesCodec(), compressors=[Crc32cCodec()]`) with "/" chunk keys
     (tests/test_store.py compares the two): written here, so that commands that only create
     arrays need not import zarr (about 0.5 to 0.9 s per process on these machines)."""
-    endian = {"configuration": {"endian": "little"}} if dtype.itemsize > 1 else {}
     fill: Any = False if dtype.kind == "b" else 0.0 if dtype.kind == "f" else 0
     return {"shape": list(shape), "data_type": dtype.name,
             "chunk_grid": {"name": "regular",
                            "configuration": {"chunk_shape": [chunk_rows, *shape[1:]]}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": fill, "codecs": [{"name": "bytes", **endian}], "attributes": {},
+            "fill_value": fill, "codecs": _codecs(dtype), "attributes": {},
             "zarr_format": 3, "node_type": "array", "storage_transformers": []}
+
+
+def _crc(data: np.ndarray, pad: int = 0) -> int:
+    """CRC32C of a C-contiguous array's bytes followed by `pad` zero bytes (a padded chunk)."""
+    crc = google_crc32c.value(data.reshape(-1).view(np.uint8))
+    return google_crc32c.extend(crc, np.zeros(pad, np.uint8)) if pad else crc
+
+
+def _trailer(crc: int) -> bytes:
+    return int(crc).to_bytes(CRC_NBYTES, "little")
+
+
+def _size_problem(a: ArrayInfo, size: int) -> str:
+    what = "truncated chunk file" if size < a.file_nbytes else "chunk file too long"
+    return f"{what} ({size} bytes, expected {a.file_nbytes})"
 
 
 def _create_zarr_array(root: Path, key: str, shape: tuple[int, ...], dtype: Any,
@@ -176,12 +208,13 @@ def _write_json_atomic(path: Path, obj: dict[str, Any], durable: bool = True) ->
     """tmp + rename; `durable`: fsync first (stage records; not the array metadata of a store
     being built, which is published or discarded as a whole)."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with space_for(path, tmp):           # a full disk keeps the old file, and no temporary
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def pid_alive(pid: int) -> bool:
@@ -193,6 +226,13 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def lock_path(store: str | os.PathLike) -> Path:
+    """The writer lock of a store (`store.lock`): beside it, like `<name>.runs`, so that it
+    exists before preprocess creates the store and outlives `preprocess --overwrite`."""
+    p = Path(store).resolve()
+    return p.parent / f"{p.name}.lock"
 
 
 class GraphStore:
@@ -250,12 +290,16 @@ class GraphStore:
         if meta.get("format") != FORMAT_NAME:
             raise InputError(f"{self.path}: not an lrgi-ooc store")
         version = meta.get("format_version")
-        if version == 1 and self._upgrading:
+        if version in (1, 2) and self._upgrading:
             return
         if version == 1:
             raise InputError(
                 f"{self.path}: store format version 1 keeps its trained weights outside the "
                 f"store; run `lrgi-ooc upgrade {self.path}` once (moves them in, atomically)")
+        if version == 2:
+            raise InputError(
+                f"{self.path}: store format version 2 has no chunk checksums; run "
+                f"`lrgi-ooc upgrade {self.path}` once (adds them in place, rerunnable)")
         if version != FORMAT_VERSION:
             raise InputError(
                 f"{self.path}: store format version {version} is not "
@@ -345,9 +389,18 @@ class GraphStore:
         a = self.info(key)
         if not a.raw:
             return self.zarr_array(key)[...]
+        if writable and a.checksummed:
+            raise ValueError(f"{key}: writing through a map would leave the chunk checksums "
+                             "stale; write chunks with write_chunk")
         files = [a.chunk_path(i) for i in range(a.num_chunks)]
-        return chunkmap.map_chunks(files, a.chunk_nbytes, a.dtype, a.shape, writable,
-                                   random_access)
+        try:
+            return chunkmap.map_chunks(files, a.chunk_nbytes, a.dtype, a.shape, writable,
+                                       random_access, file_nbytes=a.file_nbytes)
+        except chunkmap.ChunkSizeError as e:
+            raise self._size_error(a, e.index, e.size) from None
+
+    def _size_error(self, a: ArrayInfo, i: int, size: int) -> InputError:
+        return InputError(f"{self.path}: array '{a.key}' chunk {i}: {_size_problem(a, size)}")
 
     def read_rows(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) by plain reads: for streaming passes that must not grow RSS."""
@@ -359,14 +412,18 @@ class GraphStore:
             ci = pos // a.chunk_rows
             c0 = ci * a.chunk_rows
             end = min(stop, c0 + a.chunk_rows)
-            p = a.chunk_path(ci)
-            if p.exists():
-                with open(p, "rb") as f:
-                    f.seek((pos - c0) * a.row_nbytes)
-                    n = f.readinto(memoryview(flat)[(pos - start) * a.row_nbytes:
-                                                    (end - start) * a.row_nbytes])
-                    if n != (end - pos) * a.row_nbytes:
-                        raise InputError(f"{p}: truncated chunk file")
+            try:
+                f = open(a.chunk_path(ci), "rb")
+            except FileNotFoundError:          # never written: the fill value 0
+                pos = end
+                continue
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                if size != a.file_nbytes:
+                    raise self._size_error(a, ci, size)
+                f.seek((pos - c0) * a.row_nbytes)
+                f.readinto(memoryview(flat)[(pos - start) * a.row_nbytes:
+                                            (end - start) * a.row_nbytes])
             pos = end
         return out
 
@@ -388,12 +445,16 @@ class GraphStore:
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         data = np.ascontiguousarray(block, dtype=a.dtype)
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data.reshape(-1).view(np.uint8)))
-            pad = a.chunk_nbytes - data.nbytes
-            if pad:
-                f.truncate(a.chunk_nbytes)
-        os.replace(tmp, p)
+        with space_for(p, tmp):          # a full disk: DiskFull naming the chunk, no tmp left
+            with open(tmp, "wb") as f:
+                f.write(memoryview(data.reshape(-1).view(np.uint8)))
+                pad = a.chunk_nbytes - data.nbytes
+                if a.checksummed:        # over the padded chunk, as zarr's crc32c codec does
+                    f.seek(a.chunk_nbytes)   # the padding: a hole that reads as zeros
+                    f.write(_trailer(_crc(data, pad)))
+                elif pad:
+                    f.truncate(a.chunk_nbytes)
+            os.replace(tmp, p)
 
     def remove_stale_partials(self, key: str) -> int:
         """Delete temporary chunk files left by writers that were killed (their pid is gone)."""
@@ -407,6 +468,108 @@ class GraphStore:
 
     def chunk_written(self, key: str, i: int) -> bool:
         return self.info(key).chunk_path(i).is_file()
+
+    def chunk_problem(self, key: str, i: int, buf: np.ndarray | None = None) -> str | None:
+        """What is wrong with chunk i's file: None when sound, else MISSING, a wrong size or a
+        checksum mismatch. Read through `buf` (uint8) piece by piece: bounded memory."""
+        a = self.info(key)
+        try:
+            f = open(a.chunk_path(i), "rb")
+        except FileNotFoundError:
+            return MISSING
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if size != a.file_nbytes:
+                return _size_problem(a, size)
+            if not a.checksummed:
+                return None
+            if buf is None:
+                buf = np.empty(min(a.chunk_nbytes, 8 << 20), np.uint8)
+            crc, left = 0, a.chunk_nbytes
+            while left:
+                n = f.readinto(memoryview(buf)[:min(left, len(buf))])
+                if not n:
+                    return _size_problem(a, a.file_nbytes - left)     # shrank meanwhile
+                crc = google_crc32c.extend(crc, buf[:n])
+                left -= n
+            stored = int.from_bytes(f.read(CRC_NBYTES), "little")
+        if stored != crc:
+            return f"checksum mismatch (stored {stored:08x}, computed {crc:08x})"
+        return None
+
+    def array_keys(self) -> list[str]:
+        """Every array in the store, sorted (what `validate` and `upgrade` walk)."""
+        out: list[str] = []
+
+        def walk(d: Path, prefix: str) -> None:
+            for c in sorted(d.iterdir()):
+                if c.name.startswith(".") or not c.is_dir():
+                    continue
+                m = c / "zarr.json"
+                if m.is_file():
+                    try:
+                        kind = json.loads(m.read_text()).get("node_type")
+                    except ValueError:
+                        raise InputError(f"{m}: unreadable Zarr metadata") from None
+                    if kind == "array":
+                        out.append(prefix + c.name)
+                        continue
+                walk(c, prefix + c.name + "/")
+        walk(self.path, "")
+        return out
+
+    def must_be_complete(self, key: str) -> bool:
+        """Whether every chunk of `key` must exist: true once the stage writing it completed
+        (no writer leaves chunks out: all-zero chunks are written too); false for an array
+        still being written (a table whose embed runs or was killed, the transient projection)."""
+        parts = key.split("/")
+        if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
+            layer = int(parts[1])
+            if key in projection_keys(layer):
+                return False
+            if key.startswith(weights_key(layer) + "/"):
+                return self.stage_complete(train_stage(layer))
+            return self.stage_complete(embed_stage(layer))
+        if key in (SUB_INDPTR, SUB_INDICES):         # built by inductive train, then recorded
+            return "subgraph_train_nodes" in self.meta
+        return self.stage_complete("preprocess")
+
+    def add_checksums(self, key: str, progress: Any = None) -> int:
+        """Upgrade to format 3, one array: give every chunk file its CRC32C trailer (each
+        rewritten atomically and fsync'd; a file already chunk_nbytes + 4 long was done by an
+        earlier, killed run), then the codecs in zarr.json, durably. `progress(nbytes)` after
+        each chunk. Returns the chunks rewritten."""
+        a = self.info(key)
+        if a.checksummed or not a.raw:
+            return 0
+        done = 0
+        for i in range(a.num_chunks):
+            p = a.chunk_path(i)
+            try:
+                size = p.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size != a.chunk_nbytes + CRC_NBYTES:
+                if size != a.chunk_nbytes:
+                    raise self._size_error(a, i, size)
+                data = np.fromfile(p, np.uint8)            # one chunk
+                tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+                with space_for(p, tmp):
+                    with open(tmp, "wb") as f:
+                        f.write(memoryview(data))
+                        f.write(_trailer(_crc(data)))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, p)
+                done += 1
+            if progress is not None:
+                progress(size)
+        f = self.path / key / "zarr.json"
+        doc = json.loads(f.read_text())
+        doc["codecs"] = doc["codecs"] + [{"name": "crc32c"}]
+        _write_json_atomic(f, doc)
+        self._infos.pop(key, None)
+        return done
 
     def stream_writer(self, key: str) -> "RowStreamWriter":
         return RowStreamWriter(self, key)
@@ -459,10 +622,15 @@ class GraphStore:
         self.write_chunk(key, 0, data)
 
     def read_small(self, key: str) -> np.ndarray:
-        """A whole small array; a missing chunk is an error, not zeros."""
+        """A whole small array, its checksums verified (cheap at this size); a missing chunk
+        is an error, not zeros."""
         a = self.info(key)
-        if not self.chunk_written(key, 0):
-            raise InputError(f"{self.path}: array '{key}' has no data (chunk 0 missing)")
+        for i in range(max(a.num_chunks, 1)):
+            problem = self.chunk_problem(key, i)
+            if problem == MISSING:
+                raise InputError(f"{self.path}: array '{key}' has no data (chunk {i} missing)")
+            if problem is not None:
+                raise InputError(f"{self.path}: array '{key}' chunk {i}: {problem}")
         return self.read_rows(key, 0, a.num_rows)
 
     def group_attrs(self, key: str) -> dict[str, Any] | None:

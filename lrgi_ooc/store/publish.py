@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from lrgi_ooc.base.errors import InputError
-from lrgi_ooc.store.layout import pid_alive
+from lrgi_ooc.store.layout import FORMAT_NAME, GraphStore, pid_alive
 
 
 def staging_path(out: Path) -> Path:
@@ -39,6 +39,17 @@ def clean_stale(out: Path) -> None:
     runs_old = out.parent / f"{out.name}.runs"
     if runs_old.exists() and not out.exists():
         shutil.rmtree(runs_old, ignore_errors=True)
+
+
+def replaceable(out: Path) -> bool:
+    """What `--overwrite` may replace: an lrgi-ooc store (of any format version) or an empty
+    directory; never a file or a directory holding something else."""
+    if out.is_dir() and not any(out.iterdir()):
+        return True
+    try:
+        return GraphStore(out, _check=False).meta.get("format") == FORMAT_NAME
+    except (OSError, ValueError):
+        return False
 
 
 def publish(staging: Path, out: Path, overwrite: bool) -> None:

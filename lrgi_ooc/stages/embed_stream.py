@@ -1,0 +1,239 @@
+"""`embed` when the projection does not fit the memory budget: the plan, and the streamed
+aggregation of one output block.
+
+Why it is exact: a CSR row lists its sources ascending, so the edges of a target that come
+from the node range [s0, s1) are one contiguous sub-range of its row, and the online softmax
+state of `gatkernel` (running max, denominator, weighted sum) merges pieces of a row in any
+order. An output block therefore reads the projection in node-range source blocks, in order,
+with plain sequential reads (`GraphStore.read_rows`: no memory map, so nothing of it stays in
+RSS or competes for the page cache), folds each target's sub-range of the block into the
+target's state, then finishes. The result equals the in-memory path up to float32 summation
+order (1e-6). The planner sizes the blocks so that every task running at once on a machine
+holds one source block and its output block's state within `--memory-limit`.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from lrgi_ooc.nn.blockweights import GATWeights, matmul_t
+from lrgi_ooc.store.layout import MIN_CHUNK_ROWS, GraphStore, chunk_rows_for
+
+DEFAULT_MEMORY_LIMIT = "2GB"
+MIN_SOURCE_ROWS = 4096        # a source block never gets smaller unless --source-blocks says so
+
+
+# ------------------------------------------------------------------ the plan
+def state_row_bytes(dim: int, heads: int, feat: int) -> int:
+    """Per-target bytes of an output block: its own projection row, the softmax state and
+    destination logits, the input row (and its float64 copy for the skip matmul), the skip
+    term (float64 then float32) and the output row."""
+    return 4 * (dim + heads) + 12 * heads + 4 * dim + 12 * feat + 12 * dim + 4 * dim
+
+
+def edge_piece_bytes(edges: int, heads: int) -> int:
+    """A piece of edge ids with its positions, local ids, logits and block-range counts."""
+    return edges * (40 + 4 * heads)
+
+
+def tasks_per_machine(client: Any) -> int:
+    """Tasks that run at once on the busiest machine (threads of its workers); 1 in-process."""
+    if client is None:
+        return 1
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    per_host: Counter[str] = Counter()
+    for w in workers:
+        per_host[str(w.get("host", ""))] += int(w.get("nthreads", 1))
+    return max(per_host.values(), default=1)
+
+
+def task_bytes(dim: int, heads: int, feat: int, chunk_rows: int, piece: int) -> int:
+    """One running task beside the projection: its output block's state and an edge piece."""
+    return chunk_rows * state_row_bytes(dim, heads, feat) + edge_piece_bytes(piece, heads)
+
+
+def fits_in_memory(num_nodes: int, dim: int, heads: int, feat: int, chunk_rows: int,
+                   piece: int, limit: int, tasks: int) -> bool:
+    """The mapped projection (shared by a machine's tasks through the page cache) plus each
+    running task's state within the budget."""
+    proj = num_nodes * (dim + heads) * 4
+    return proj + tasks * task_bytes(dim, heads, feat, chunk_rows, piece) <= limit
+
+
+def output_chunk_rows(num_nodes: int, num_edges: int, dim: int, heads: int, feat: int,
+                      max_edges: int, limit: int, tasks: int,
+                      source_blocks: int | None) -> int | None:
+    """Rows per output chunk for a new table: None (the store's default, about 32 MB) unless
+    the run streams and the default block's state would take more than half of a task's
+    share of the budget; then the largest multiple of MIN_CHUNK_ROWS within that half."""
+    default = chunk_rows_for(num_nodes, dim * 4)
+    if source_blocks is None and fits_in_memory(num_nodes, dim, heads, feat, default,
+                                                 min(max_edges, num_edges), limit, tasks):
+        return None
+    half = limit // (2 * tasks)
+    if default * state_row_bytes(dim, heads, feat) <= half:
+        return None
+    rows = half // state_row_bytes(dim, heads, feat) // MIN_CHUNK_ROWS * MIN_CHUNK_ROWS
+    return max(MIN_CHUNK_ROWS, int(rows))
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """How phase 2 of `embed` runs; recorded in the stage record as `plan`."""
+    mode: str                    # "in-memory" (the mapped projection) or "streamed"
+    source_blocks: int           # 1 in memory
+    bounds: tuple[int, ...]      # node ids cutting the source blocks (streamed), else ()
+    output_blocks: int           # output chunks (tasks) this run computes
+    bytes_read: int              # phase 2's reads: projection, edge ids, input rows
+    projection_bytes: int
+    memory_limit: int
+    tasks_at_once: int           # per machine
+
+    def record(self) -> dict[str, Any]:
+        return {"mode": self.mode, "source_blocks": self.source_blocks,
+                "output_blocks": self.output_blocks, "bytes_read": self.bytes_read,
+                "projection_bytes": self.projection_bytes, "memory_limit": self.memory_limit,
+                "tasks_at_once": self.tasks_at_once}
+
+    def line(self, layer: int) -> str:
+        out = _count(self.output_blocks, "output block")
+        if self.mode == "streamed":
+            what = f"{_count(self.source_blocks, 'source block')} x {out}"
+        else:
+            what = (f"in memory (projection {_size(self.projection_bytes)} within "
+                    f"{_size(self.memory_limit)}), {out}")
+        return f"embed layer {layer}: plan: {what}, {_size(self.bytes_read)} to read"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale // 10 or unit == "KB":
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def block_bounds(num_nodes: int, blocks: int) -> tuple[int, ...]:
+    """`blocks` node ranges of near-equal size (at most one per node)."""
+    blocks = max(1, min(int(blocks), max(num_nodes, 1)))
+    return tuple(int(b) for b in np.linspace(0, num_nodes, blocks + 1).round().astype(np.int64))
+
+
+def plan_embed(num_nodes: int, dim: int, heads: int, feat: int, feat_itemsize: int,
+               index_itemsize: int, blocks: Sequence[tuple[int, int]], chunk_rows: int,
+               max_edges: int, limit: int, tasks: int,
+               source_blocks: int | None = None) -> EmbedPlan:
+    """In memory when the projection and the running tasks' state fit `limit` (and no
+    source-block count is forced); otherwise the fewest source blocks such that one block,
+    the output block's state and an edge piece fit each running task's share.
+
+    blocks: (rows, in-edges) of each output block this run computes."""
+    proj = num_nodes * (dim + heads) * 4
+    rows = sum(r for r, _ in blocks)
+    inputs = rows * feat * feat_itemsize
+    piece = min(max_edges, max((e for _, e in blocks), default=0))
+    if source_blocks is None and fits_in_memory(num_nodes, dim, heads, feat, chunk_rows,
+                                                 piece, limit, tasks):
+        edges = sum(e for _, e in blocks)
+        return EmbedPlan("in-memory", 1, (), len(blocks),
+                         (proj if blocks else 0) + edges * index_itemsize + inputs,
+                         proj, limit, tasks)
+    if source_blocks is None:
+        room = limit // tasks - task_bytes(dim, heads, feat, chunk_rows, piece)
+        block_rows = max(MIN_SOURCE_ROWS, room // ((dim + heads) * 4))
+        source_blocks = math.ceil(num_nodes / block_rows) if num_nodes else 1
+    bounds = block_bounds(num_nodes, source_blocks)
+    s = len(bounds) - 1
+    edge_reads = sum(e * (1 if e <= max_edges else s) for _, e in blocks)
+    read = len(blocks) * proj + rows * (dim + heads) * 4 + edge_reads * index_itemsize + inputs
+    return EmbedPlan("streamed", s, bounds, len(blocks), int(read), proj, limit, tasks)
+
+
+# ------------------------------------------------------------------ the computation
+def read_sorted_rows(store: GraphStore, key: str, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` (ascending) of a store array by plain reads of the span they cover within
+    each chunk: one chunk's span in memory at a time."""
+    info = store.info(key)
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.empty((len(ids),) + info.row_shape, info.dtype)
+    if len(ids) == 0:
+        return out
+    chunk = ids // info.chunk_rows
+    cuts = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(ids)]
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        a = int(ids[lo])
+        out[lo:hi] = store.read_rows(key, a, int(ids[hi - 1]) + 1)[ids[lo:hi] - a]
+    return out
+
+
+def _sub_ranges(src: np.ndarray, starts: np.ndarray, ends: np.ndarray, s0: int, s1: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per segment src[starts[r]:ends[r]] (each ascending), the positions of its sources in
+    [s0, s1): those below s0 come first, those below s1 end the range."""
+    below = np.zeros(len(src) + 1, dtype=np.int64)
+    np.cumsum(src < s0, out=below[1:])
+    lo = starts + below[ends] - below[starts]
+    np.cumsum(src < s1, out=below[1:])
+    hi = starts + below[ends] - below[starts]
+    return lo, hi
+
+
+def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+                     bounds: Sequence[int], own: tuple[np.ndarray, np.ndarray],
+                     indptr: np.ndarray, targets: np.ndarray,
+                     read_sources: Callable[[int, int], np.ndarray], x_targets: np.ndarray,
+                     max_edges: int, device: str = "cpu") -> np.ndarray:
+    """`embed.aggregate` with the projection read block by block instead of mapped.
+
+    read_block(s0, s1): projection rows (h, a_src) of nodes [s0, s1); own: the targets' own
+    projection rows; read_sources(q0, q1): edges [q0, q1) of the targets' concatenated
+    in-neighbour lists (ascending within each list). The edge ids are read once when the
+    block's edges fit one piece of `max_edges`, else once per source block."""
+    from lrgi_ooc.nn import gatkernel
+
+    H, C = w.att_src.shape
+    slope = np.float32(w.negative_slope)
+    targets = np.asarray(targets, dtype=np.int64)
+    R = len(targets)
+    m, s, a_dst, acc = gatkernel.empty_state(R, H, C)
+    gatkernel.init_state(own[0], own[1], w.att_dst, np.arange(R, dtype=np.int64), slope,
+                         a_dst, m, s, acc)
+    deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
+    cum = np.zeros(R + 1, dtype=np.int64)
+    np.cumsum(deg, out=cum[1:])
+    total = int(cum[-1])
+    pieces = []
+    for q0 in range(0, total, max_edges):
+        q1 = min(q0 + max_edges, total)
+        r0 = int(np.searchsorted(cum, q0, side="right")) - 1
+        r1 = int(np.searchsorted(cum, q1, side="left"))
+        starts = np.clip(cum[r0:r1] - q0, 0, q1 - q0)
+        ends = np.clip(cum[r0 + 1:r1 + 1] - q0, 0, q1 - q0)
+        pieces.append((q0, q1, r0, r1, starts, ends))
+    kept = read_sources(pieces[0][0], pieces[0][1]) if len(pieces) == 1 else None
+    logits = np.empty((min(max_edges, total), H), np.float32)
+    for s0, s1 in zip(bounds[:-1], bounds[1:]):
+        h_blk, a_blk = read_block(int(s0), int(s1))
+        local = targets - s0                        # a target's own id within the block
+        for q0, q1, r0, r1, starts, ends in pieces:
+            src = kept if kept is not None else read_sources(q0, q1)
+            lo, hi = _sub_ranges(src, starts, ends, s0, s1)
+            if not np.any(hi > lo):
+                continue
+            # edges from outside the block lie outside every [lo, hi): clipped, they are
+            # only ever prefetched, never read
+            loc = np.clip(src - s0, 0, s1 - s0 - 1).astype(src.dtype, copy=False)
+            gatkernel.accumulate(h_blk, a_blk, local[r0:r1], loc, lo, hi, a_dst[r0:r1],
+                                 slope, m[r0:r1], s[r0:r1], acc[r0:r1], logits)
+        del h_blk, a_blk
+    skip = matmul_t(x_targets, w.skip, device)
+    out = np.empty_like(acc)
+    gatkernel.finish(s, acc, w.bias, skip, out)
+    return out
