@@ -398,6 +398,8 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
         edges += sum(done)
     if client is None:
         cluster.clear_cache()
+    for key in keys:        # every task returned: partial chunks are of workers killed mid-write
+        store.remove_stale_partials(key, finished=True)
     secs = time.time() - t0
     store.mark_stage(stage, conf, seconds=round(secs, 2), edges=int(edges), plan=plan.record())
     _drop_projection(store, layer)

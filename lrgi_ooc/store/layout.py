@@ -456,12 +456,17 @@ class GraphStore:
                     f.truncate(a.chunk_nbytes)
             os.replace(tmp, p)
 
-    def remove_stale_partials(self, key: str) -> int:
-        """Delete temporary chunk files left by writers that were killed (their pid is gone)."""
+    def remove_stale_partials(self, key: str, finished: bool = False) -> int:
+        """Delete temporary chunk files left by writers that were killed (their pid is gone).
+
+        `finished`: every writer of `key` has returned (a pass whose tasks all completed), so
+        every temporary left is a dead writer's, whatever its pid says: a Dask worker killed
+        mid-write whose task ran again elsewhere (and may have lived on another host).
+        `key` "" means the whole store."""
         removed = 0
         for p in (self.path / key).rglob(".*.tmp-*"):
             pid = p.name.rpartition("-")[2]
-            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            if pid.isdigit() and (finished or int(pid) != os.getpid() and not pid_alive(int(pid))):
                 p.unlink(missing_ok=True)
                 removed += 1
         return removed

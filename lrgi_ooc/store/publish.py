@@ -53,7 +53,10 @@ def replaceable(out: Path) -> bool:
 
 
 def publish(staging: Path, out: Path, overwrite: bool) -> None:
-    """Move a finished store into place; the old store goes only once the new one is there."""
+    """Move a finished store into place; the old store goes only once the new one is there.
+    Every writer has finished, so the partial chunk files of Dask workers killed mid-write
+    (their tasks ran again) are removed first: they are not part of the store."""
+    GraphStore(staging, _check=False).remove_stale_partials("", finished=True)
     old = None
     if out.exists():
         if not overwrite:
