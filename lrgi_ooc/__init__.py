@@ -10,7 +10,15 @@ loads neither torch nor PyG:
 """
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# OpenMP threads (torch's and numba's pools) that wait for work sleep instead of spinning:
+# with two pools in one process, a prefetch thread and other jobs on a 2-core machine,
+# spinning threads took the cores from the working ones (a Coauthor CS training step: 2.0 s
+# spinning, 0.73 s passive; docs/benchmarks.md "Time to embeddings"). Read when torch loads;
+# the same threads and the same results either way. A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ from lrgi_ooc.store.view import StoreView, open_store
 PathLike = str | os.PathLike
 TRAIN_OPTIONS = ("dim", "heads", "fanout", "batch_size", "epochs", "steps", "lr",
                  "weight_decay", "lambdas", "hid", "norm", "warmup", "seed", "inductive",
-                 "checkpoint_every", "device")
+                 "checkpoint_every", "device", "memory_limit", "row_reader", "read_threads")
 DEFAULT_MAX_EDGES = 1 << 21         # = stages.embed.DEFAULT_MAX_EDGES (tested)
 
 __all__ = ["InputError", "StoreView", "open_store", "preprocess", "synth", "train_layer",
@@ -73,7 +73,10 @@ def synth(*, out: PathLike, nodes: int = 100_000, avg_degree: float = 20.0, clas
 
 def _train_config(config: PathLike | None, options: dict[str, Any]) -> Any:
     from lrgi_ooc.stages.train import train_config
-    return train_config(config, **{k: options[k] for k in TRAIN_OPTIONS})
+    opts = {k: options.get(k) for k in TRAIN_OPTIONS}      # train-e2e: no row reader options
+    if isinstance(opts["memory_limit"], int) and not isinstance(opts["memory_limit"], bool):
+        opts["memory_limit"] = str(opts["memory_limit"])  # bytes
+    return train_config(config, **opts)
 
 
 @writes_store("store", "train layer {layer}")   # before a cluster starts
@@ -86,10 +89,14 @@ def train_layer(store: PathLike, *, layer: int, config: PathLike | None = None,
                 hid: int | None = None, norm: str | None = None, warmup: float | None = None,
                 seed: int | None = None, inductive: bool | None = None,
                 checkpoint_every: int | None = None, device: str | None = None,
+                memory_limit: str | int | None = None, row_reader: str | None = None,
+                read_threads: int | None = None,
                 workers: int | None = None, scheduler: str | None = None,
                 gpu_task: bool | None = None) -> dict[str, Any]:
     """Train layer L on the table of layer L-1 (resumable); options left None take the
-    config file's value, else the defaults of docs/cli.md. Returns the stage record."""
+    config file's value, else the defaults of docs/cli.md. `memory_limit` (default 2GB),
+    `row_reader` and `read_threads` say where input rows come from, never what they are.
+    Returns the stage record."""
     from lrgi_ooc.cluster.tasks import dask_client
     from lrgi_ooc.stages.train import run_train
     cfg = _train_config(config, locals())
@@ -101,17 +108,20 @@ def train_layer(store: PathLike, *, layer: int, config: PathLike | None = None,
 def embed_layer(store: PathLike, *, layer: int, max_edges: int = DEFAULT_MAX_EDGES,
                 device: str = "auto", chunk_rows: int | None = None,
                 memory_limit: str | int = "2GB", source_blocks: int | None = None,
+                table_dtype: str = "float32",
                 workers: int | None = None, scheduler: str | None = None) -> dict[str, Any]:
     """Write layer L's output for every node into the store (resumable, chunk by chunk).
     When the projection does not fit `memory_limit` (a size or bytes; per machine) it is
-    streamed in source blocks (`source_blocks` forces their number): the same table."""
+    streamed in source blocks (`source_blocks` forces their number): the same table.
+    `table_dtype` "float16" stores the table and its projection as float16 (arithmetic
+    float32); it is part of the configuration, unlike the budget."""
     from lrgi_ooc.cluster.tasks import dask_client
     from lrgi_ooc.stages.embed import WORKER_MODULES
     from lrgi_ooc.stages.embed import embed_layer as stage
     with dask_client(workers, scheduler, preload=WORKER_MODULES) as client:
         return stage(store, layer, max_edges=max_edges, device=device, client=client,
                      chunk_rows=chunk_rows, memory_limit=memory_limit,
-                     source_blocks=source_blocks)
+                     source_blocks=source_blocks, table_dtype=table_dtype)
 
 
 @writes_store("store", "layer {layer}")         # one lock for train and embed
@@ -125,20 +135,26 @@ def layer(store: PathLike, *, layer: int, config: PathLike | None = None,
           inductive: bool | None = None, checkpoint_every: int | None = None,
           device: str | None = None, max_edges: int | None = None,
           memory_limit: str | int = "2GB", source_blocks: int | None = None,
+          row_reader: str | None = None, read_threads: int | None = None,
+          table_dtype: str = "float32",
           workers: int | None = None, scheduler: str | None = None,
           gpu_task: bool | None = None) -> dict[str, Any]:
-    """Train, then embed, layer L on one cluster; returns the embed record (`memory_limit`,
-    `source_blocks`: embed's, as in `embed_layer`)."""
+    """Train, then embed, layer L on one cluster; returns the embed record (`memory_limit`:
+    the budget of both, training's row cache and embed's as in `embed_layer`;
+    `source_blocks`, `table_dtype`: embed's, checked before training; `row_reader`,
+    `read_threads`: training's)."""
     from lrgi_ooc.cluster.tasks import dask_client
     from lrgi_ooc.stages.embed import WORKER_MODULES
+    from lrgi_ooc.stages.embed import check_table_dtype
     from lrgi_ooc.stages.embed import embed_layer as embed_stage
     from lrgi_ooc.stages.train import run_train
+    check_table_dtype(table_dtype)
     cfg = _train_config(config, locals())
     with dask_client(workers, scheduler, gpu=bool(gpu_task), preload=WORKER_MODULES) as client:
         run_train(store, layer, cfg, client, bool(gpu_task))
         return embed_stage(store, layer, max_edges=max_edges or DEFAULT_MAX_EDGES,
                            device=cfg.device, client=client, memory_limit=memory_limit,
-                           source_blocks=source_blocks)
+                           source_blocks=source_blocks, table_dtype=table_dtype)
 
 
 def train_e2e(store: PathLike, *, num_layers: int, config: PathLike | None = None,

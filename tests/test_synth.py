@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,21 @@ def test_overwrite_refuses_foreign_directory(tmp_path, capsys):
     assert cli.main(["synth", "--out", str(tmp_path), "--nodes", "100", "--overwrite"]) == 2
     assert "not an earlier synth output" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_rerun_removes_what_a_killed_synth_left(tmp_path):
+    """Kill trial `run` (docs/reliability.md): a synth killed mid-write left its temporary
+    directory beside the output for good. Directories of dead pids are removed on the next
+    run; a live writer's are kept."""
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".out.synth-{dead.pid}"
+    (left / "edges").mkdir(parents=True)
+    (left / "features.npy").write_bytes(b"partial")
+    live = tmp_path / f".out.synth-{os.getppid()}"
+    live.mkdir()
+    synth.generate(tmp_path / "out", nodes=500, avg_degree=4, classes=2, feature_dim=3, seed=1)
+    assert not left.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]

@@ -11,6 +11,10 @@ call for (Tolokers: ROC-AUC). Prints one markdown table and writes JSON.
 
     .venv/bin/python tools/quality.py --seeds 0,1,2 --out bench-results/quality.json
     .venv/bin/python tools/quality.py --datasets cora --seeds 0 --steps 5 --epochs 20  # smoke
+    .venv/bin/python tools/quality.py --table-dtype float16 --out bench-results/quality-f16.json
+
+`--table-dtype float16` stores the trained layers' tables as float16 (the untrained baseline
+stays float32); compare its JSON with a float32 run's (issue 12: within 0.3 points).
 """
 from __future__ import annotations
 
@@ -72,6 +76,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=1000, help="probe epochs (default 1000)")
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps per layer (default: the training default; for smoke runs)")
+    ap.add_argument("--table-dtype", default="float32", choices=["float32", "float16"],
+                    help="`layer --table-dtype` for the trained layers (default float32)")
     ap.add_argument("--out", default="bench-results/quality.json")
     args = ap.parse_args()
     from lrgi_ooc.stages.evaluate import evaluate_store
@@ -97,7 +103,8 @@ def main() -> int:
                 t0 = time.time()
                 steps = ["--steps", str(args.steps)] if args.steps else []
                 for layer in range(1, depth + 1):
-                    cli("layer", str(st), "--layer", str(layer), "--seed", str(seed), *steps)
+                    cli("layer", str(st), "--layer", str(layer), "--seed", str(seed), *steps,
+                        "--table-dtype", args.table_dtype)
                 res["sec"].append(time.time() - t0)
                 g = GraphStore(st)
                 for layer in range(1, depth + 1):
@@ -114,7 +121,7 @@ def main() -> int:
             row = {"dataset": name, "metric": raw["metric"], "num_splits": raw["num_splits"],
                    "split_source": raw["split_source"], "raw": raw["test_mean"],
                    "seeds": seeds, "layers": depth, "probe_epochs": args.epochs,
-                   "steps": args.steps, **res}
+                   "steps": args.steps, "table_dtype": args.table_dtype, **res}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:

@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per output chunk = per task (multiple of 4096; default: ~32 MB)")
     add_budget_options(p, D)
+    add_table_dtype(p, D)
     add_dask_options(p)
 
 
@@ -28,6 +29,14 @@ def add_budget_options(p: argparse.ArgumentParser, defaults: dict) -> None:
                         "is streamed in source blocks (default %(default)s)")
     p.add_argument("--source-blocks", type=int, default=defaults["source_blocks"],
                    help="force this many source blocks (streamed; default: the planner's)")
+
+
+def add_table_dtype(p: argparse.ArgumentParser, defaults: dict) -> None:
+    """--table-dtype (also on `layer`): how the layer's table and projection are stored."""
+    p.add_argument("--table-dtype", default=defaults["table_dtype"],
+                   help="float32 or float16: the stored layer table and projection (float16: "
+                        "half the disk and reads; arithmetic stays float32; default "
+                        "%(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:

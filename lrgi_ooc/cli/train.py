@@ -6,7 +6,7 @@ import argparse
 from lrgi_ooc import api
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.cli.common import add_dask_options, api_defaults, call
-from lrgi_ooc.cli.embed import add_budget_options
+from lrgi_ooc.cli.embed import add_budget_options, add_table_dtype
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,19 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
 
 
+def add_row_options(p: argparse.ArgumentParser, memory_limit: bool = True) -> None:
+    """Where input rows come from (`train`, `layer`; never part of the result)."""
+    if memory_limit:
+        p.add_argument("--memory-limit", help="memory training may use; a table larger than "
+                       "it is read by pread through a row cache of what is left (default 2GB)")
+    p.add_argument("--row-reader", choices=["auto", "mmap", "pread"],
+                   help="input rows from the memory map or by pread from a thread pool "
+                        "(default auto: the map while the table fits the budget and half "
+                        "of MemAvailable)")
+    p.add_argument("--read-threads", type=int, help="pread threads: the disk's queue depth "
+                   "(default 32)")
+
+
 def add_max_edges(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-edges", type=int, default=None,
                    help="embed: edges processed at once (bounds memory)")
@@ -41,6 +54,7 @@ def add_max_edges(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ train
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
+    add_row_options(p)
     add_dask_options(p, gpu=True)
 
 
@@ -53,7 +67,9 @@ def main_train(args: argparse.Namespace) -> int:
 def add_layer_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
     add_max_edges(p)
-    add_budget_options(p, api_defaults(api.layer))
+    add_budget_options(p, api_defaults(api.layer))    # --memory-limit: train's and embed's
+    add_table_dtype(p, api_defaults(api.layer))       # embed's (train writes no table)
+    add_row_options(p, memory_limit=False)
     add_dask_options(p, gpu=True)
 
 

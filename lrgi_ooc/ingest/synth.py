@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +43,7 @@ from numba import njit, prange
 
 from lrgi_ooc.base.errors import InputError, require
 from lrgi_ooc.base.progress import bar
+from lrgi_ooc.store.publish import clean_stale
 
 DEFAULTS = dict(nodes=100_000, avg_degree=20.0, classes=8, feature_dim=64, homophily=0.8,
                 seed=0, degree_exponent=2.5)
@@ -337,7 +337,10 @@ def generate(out: Path, *, nodes: int = DEFAULTS["nodes"],
     model = (nodes, starts, np.concatenate([[0.0], np.cumsum(span)]), span, r0 ** b,
              _exponent(1.0 / b), r0, homophily, keys, keys[_STREAMS:], lbits, rbits)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
+    clean_stale(out)         # a killed run's .synth-PID / .old-PID directories (pid gone)
+    tmp = out.parent / f".{out.name}.synth-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from lrgi_ooc.nn.sparseproj import sparse_matmul_t
+
 BLOCK_FILE = "block.npz"
 _ARRAYS = ("lin", "att_src", "att_dst", "bias", "skip")
 
@@ -66,8 +68,12 @@ class GATWeights:
 def matmul_t(x: np.ndarray, weight: np.ndarray, device: str = "cpu") -> np.ndarray:
     """x @ weight.T as float32: on the CPU by BLAS in float64, then rounded (a float32 BLAS
     result depends on its thread count, 4e-6 apart between 1 and 2 threads here, so a Dask
-    worker and this process would disagree); by torch on a CUDA device."""
+    worker and this process would disagree); by torch on a CUDA device. Sparse float32 rows
+    (bag-of-words features) go through their non-zeros only (`sparseproj`), same sums."""
     if not str(device).startswith("cuda"):
+        out = sparse_matmul_t(x, weight)
+        if out is not None:
+            return out
         out = np.asarray(x, dtype=np.float64) @ weight.T.astype(np.float64)
         return out.astype(np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)

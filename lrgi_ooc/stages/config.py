@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.base.memory import parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,11 +47,15 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     device: str = "auto"
+    memory_limit: str = "2GB"      # the row reader's budget (its row cache); not the result
+    row_reader: str = "auto"       # auto | mmap | pread: where input rows come from
+    read_threads: int = 32         # pread threads (the disk's queue depth)
 
     def validate(self, source: str) -> "TrainConfig":
         def bad(name: str, why: str) -> InputError:
             return InputError(f"{setting(source, name)} {why}")
-        for name in ("dim", "heads", "batch_size", "hid", "checkpoint_every", "log_every"):
+        for name in ("dim", "heads", "batch_size", "hid", "checkpoint_every", "log_every",
+                     "read_threads"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be positive")
         if self.dim % self.heads:
@@ -73,12 +78,17 @@ class TrainConfig:
             raise bad("norm", "must be 'mean' or 'sym'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise bad("device", "must be auto, cpu or cuda[:N]")
+        if self.row_reader not in ("auto", "mmap", "pread"):
+            raise bad("row_reader", "must be auto, mmap or pread")
+        parse_size(self.memory_limit, setting(source, "memory_limit"))
         return self
 
     def result_fields(self) -> dict[str, Any]:
-        """The fields that change the trained weights (not logging or checkpoint cadence)."""
+        """The fields that change the trained weights (not logging or checkpoint cadence,
+        nor where the input rows come from: every reader returns the same rows)."""
         d = dataclasses.asdict(self)
-        for k in ("checkpoint_every", "log_every", "device"):
+        for k in ("checkpoint_every", "log_every", "device", "memory_limit", "row_reader",
+                  "read_threads"):
             d.pop(k)
         return d
 

@@ -9,6 +9,9 @@ kernel (`gatkernel`), edges in pieces of at most `max_edges` with an online soft
 node of any degree fits in bounded memory. When the projection and the tasks' state do not
 fit `--memory-limit`, phase 2 reads the projection in node-range source blocks instead
 (`embed_stream`: the plan, printed and recorded as the stage record's `plan`).
+`--table-dtype float16` stores the table and the projection as float16 (half the disk, page
+cache and reads); the kernels widen each value to float32 as they load it, so every sum,
+max and exp is float32 and only the stored values are rounded.
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ from lrgi_ooc.store.layout import (INDICES, MIN_CHUNK_ROWS, GraphStore, config_h
 from lrgi_ooc.store.lock import writes_store
 
 DEFAULT_MAX_EDGES = 1 << 21
+DEFAULT_TABLE_DTYPE = "float32"
+TABLE_DTYPES = ("float32", "float16")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 WORKER_MODULES = ("lrgi_ooc.stages.embed", "lrgi_ooc.nn.gatkernel")   # preloaded by local workers
 PROGRESS_FILE = "progress.json"
 
@@ -99,7 +105,7 @@ def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.nda
 
     H, C = w.att_src.shape
     slope = np.float32(w.negative_slope)
-    h, a_src = (p.view(np.ndarray) if isinstance(p, np.memmap) else p for p in proj)
+    h, a_src = (gatkernel.kernel_array(p) for p in proj)
     targets = np.asarray(targets, dtype=np.int64)
     R = len(targets)
     m, s, a_dst, acc = gatkernel.empty_state(R, H, C)
@@ -141,12 +147,25 @@ def block_forward(block, table: np.ndarray, indptr: np.ndarray, indices: np.ndar
 
 
 # ------------------------------------------------------------------ the stage
-def embed_config(store: GraphStore, layer: int) -> dict[str, Any]:
+def check_table_dtype(table_dtype: Any, where: str = "--table-dtype") -> str:
+    """The table dtype, or a one-line error naming `where` (checked before any work)."""
+    if not isinstance(table_dtype, str) or table_dtype not in TABLE_DTYPES:
+        raise InputError(f"{where}: must be float32 or float16, got {table_dtype!r}")
+    return table_dtype
+
+
+def embed_config(store: GraphStore, layer: int,
+                 table_dtype: str = DEFAULT_TABLE_DTYPE) -> dict[str, Any]:
+    """What the table depends on. The dtype enters only when it is not the default, so
+    stores embedded before `--table-dtype` existed keep their configuration hash."""
     rec = store.stage_record(train_stage(layer))
     if rec is None:
         raise InputError(f"{store.path}: layer {layer} is not trained; run "
                          f"`lrgi-ooc train {store.path} --layer {layer}` first")
-    return {"layer": int(layer), "train": rec["config_hash"]}
+    conf: dict[str, Any] = {"layer": int(layer), "train": rec["config_hash"]}
+    if table_dtype != DEFAULT_TABLE_DTYPE:
+        conf["table_dtype"] = table_dtype
+    return conf
 
 
 def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int,
@@ -154,7 +173,8 @@ def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int
                    chunk_rows: int | None = None) -> Path:
     """Create (or keep, when resuming the same configuration) the output arrays: the table,
     with `train_rows` the inductive table of the training nodes, and the transient projection
-    (on the table's chunk grid, so projection chunk i and output chunk i cover the same rows)."""
+    (on the table's chunk grid, so projection chunk i and output chunk i cover the same rows),
+    all in the configuration's table dtype."""
     run = store.run_dir(embed_stage(layer))
     prog = run / PROGRESS_FILE
     chash = config_hash(conf)
@@ -162,13 +182,14 @@ def prepare_output(store: GraphStore, layer: int, conf: dict[str, Any], dim: int
     keys = [embeddings_key(layer), *projection_keys(layer)]
     if train_rows is not None:
         keys.append(train_embeddings_key(layer))
+    dtype = np.dtype(conf.get("table_dtype", DEFAULT_TABLE_DTYPE))
     if not (resuming and all(store.has(k) for k in keys)):
-        info = store.create_array(embeddings_key(layer), (store.num_nodes, dim), np.float32,
+        info = store.create_array(embeddings_key(layer), (store.num_nodes, dim), dtype,
                                   chunk_rows)
         for key, width in zip(projection_keys(layer), (dim, heads)):
-            store.create_array(key, (store.num_nodes, width), np.float32, info.chunk_rows)
+            store.create_array(key, (store.num_nodes, width), dtype, info.chunk_rows)
         if train_rows is not None:
-            store.create_array(train_embeddings_key(layer), (train_rows, dim), np.float32,
+            store.create_array(train_embeddings_key(layer), (train_rows, dim), dtype,
                                chunk_rows)
         tmp = prog.with_name(prog.name + ".tmp")
         with space_for(prog, tmp):
@@ -194,6 +215,8 @@ class EmbedSpec:
     stamp: tuple             # store dir and weights (inode, mtime): the worker cache key
     model: str = ""          # the store holding the weights (encode), or "" for `store`
     blocks: tuple = ()       # source-block bounds when phase 2 streams (embed_stream)
+    table_dtype: str = DEFAULT_TABLE_DTYPE   # in the worker cache key: another dtype means
+                                             # recreated arrays, so no cached array metadata
 
 
 def _context(spec: EmbedSpec) -> dict[str, Any]:
@@ -234,9 +257,29 @@ def project_task(spec: EmbedSpec, i: int) -> int:
     store, keys = ctx["store"], projection_keys(spec.layer)
     a, b = store.info(keys[0]).chunk_bounds(i)
     h, a_src = project_rows(ctx["weights"], ctx["table"][a:b], ctx["device"])
+    h = stored_values(store, keys[0], h, spec.layer, a)
+    a_src = stored_values(store, keys[1], a_src, spec.layer, a)
     store.write_chunk(keys[1], i, a_src)     # the chunk of keys[0] marks the task done
     store.write_chunk(keys[0], i, h)
     return b - a
+
+
+def stored_values(store: GraphStore, key: str, block: np.ndarray, layer: int,
+                  first_row: int) -> np.ndarray:
+    """`block` in the dtype of array `key`; a float16 array refuses values that float16
+    cannot hold (|x| > 65504 would be stored as inf) with a one-line error."""
+    dtype = store.info(key).dtype
+    if dtype != np.float16:
+        return block
+    with np.errstate(over="ignore"):
+        out = block.astype(np.float16)
+    bad = ~np.isfinite(out) & np.isfinite(block)
+    if bad.any():
+        row = first_row + int(np.flatnonzero(bad.any(axis=tuple(range(1, bad.ndim))))[0])
+        raise InputError(f"--table-dtype float16: layer {layer} has values beyond float16's "
+                         f"range (|x| > {FLOAT16_MAX:.0f}) at row {row} of {key}; embed with "
+                         f"--table-dtype float32")
+    return out
 
 
 def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
@@ -258,14 +301,15 @@ def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
     else:
         out = aggregate(ctx["weights"], g["proj"], indptr, indices, ids, x, spec.max_edges,
                         ctx["device"])
-    store.write_chunk(key, i, out)
+    store.write_chunk(key, i, stored_values(store, key, out, spec.layer, a))
     return int(indptr[ids + 1].sum() - indptr[ids].sum()) if len(ids) else 0
 
 
 def _streamed(spec: EmbedSpec, ctx: dict[str, Any], indptr: np.ndarray, indices: Any,
               ids: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Output rows `ids` (ascending) with the projection read in `spec.blocks`, by plain
-    reads. Memory: one source block ((H C + H) 4 bytes a node) beside embed_task's."""
+    reads. Memory: one source block ((H C + H) 4 bytes a node, 2 in float16) beside
+    embed_task's."""
     store, keys = ctx["store"], projection_keys(spec.layer)
     contiguous = _contiguous(ids)
     own = tuple(store.read_rows(k, int(ids[0]), int(ids[-1]) + 1) if contiguous
@@ -312,7 +356,8 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
                 chunk_rows: int | None = None,
                 model: str | Path | None = None,
                 memory_limit: str | int = DEFAULT_MEMORY_LIMIT,
-                source_blocks: int | None = None) -> dict[str, Any]:
+                source_blocks: int | None = None,
+                table_dtype: str = DEFAULT_TABLE_DTYPE) -> dict[str, Any]:
     """Write layer L's table; chunk tasks run in-process (client None) or on a Dask client.
 
     Two passes over the output chunk grid: project every node once (phase 1), then aggregate
@@ -324,13 +369,16 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     no inductive training table then). `memory_limit`: what phase 2 may hold on one machine;
     when the projection and the running tasks' state do not fit, the projection is read in
     source blocks (`source_blocks` forces their number). Neither changes the table, so
-    neither is part of the configuration: a rerun under another budget resumes."""
+    neither is part of the configuration: a rerun under another budget resumes.
+    `table_dtype` ("float32" or "float16": the table, the inductive table and the projection)
+    changes the stored values, so it is: a rerun with another dtype recomputes the layer."""
     store = GraphStore(Path(store_path).resolve())
     source = GraphStore(Path(model).resolve()) if model is not None else store
     if layer < 1:
         raise InputError(f"--layer: must be >= 1 (layer 0 is the node features), got {layer}")
     stage = embed_stage(layer)
-    conf = embed_config(source, layer)
+    check_table_dtype(table_dtype)
+    conf = embed_config(source, layer, table_dtype)
     if model is not None:
         conf["encoded"] = True
     limit = parse_size(str(memory_limit))
@@ -360,7 +408,8 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     tasks = tasks_per_machine(client)
     if chunk_rows is None:
         chunk_rows = output_chunk_rows(store.num_nodes, store.num_edges, dim, heads, width,
-                                       max_edges, limit, tasks, source_blocks)
+                                       max_edges, limit, tasks, source_blocks,
+                                       np.dtype(table_dtype).itemsize)
     # the graph and the input table are there, their chunks whole; the record is cleared
     # only then, so that bad input leaves the old record (and no new output) in place
     store.indptr(), store.indices(), store.table(layer - 1)
@@ -368,7 +417,7 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     prepare_output(store, layer, conf, dim, heads, train_rows, chunk_rows)
     spec = EmbedSpec(str(store.path), int(layer), int(max_edges), str(device), inductive,
                      (cluster.file_stamp(store.path), weights_stamp(source, layer)),
-                     str(source.path) if model is not None else "")
+                     str(source.path) if model is not None else "", table_dtype=table_dtype)
     t0 = time.time()
     todo = {key: pending_chunks(store, key) for key in keys}
     plan = plan_embed(store.num_nodes, dim, heads, width,
@@ -376,7 +425,8 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
                       store.info(INDICES).dtype.itemsize,
                       [b for key in keys for b in _output_blocks(store, layer, key, todo[key])],
                       store.info(embeddings_key(layer)).chunk_rows, int(max_edges), limit,
-                      tasks, source_blocks)
+                      tasks, source_blocks,
+                      store.info(projection_keys(layer)[0]).dtype.itemsize)
     print(plan.line(layer), flush=True)
     if plan.mode == "streamed":
         spec = replace(spec, blocks=plan.bounds)

@@ -9,7 +9,8 @@ with plain sequential reads (`GraphStore.read_rows`: no memory map, so nothing o
 RSS or competes for the page cache), folds each target's sub-range of the block into the
 target's state, then finishes. The result equals the in-memory path up to float32 summation
 order (1e-6). The planner sizes the blocks so that every task running at once on a machine
-holds one source block and its output block's state within `--memory-limit`.
+holds one source block and its output block's state within `--memory-limit`; a float16
+projection (`--table-dtype float16`) counts 2 bytes a value, so twice the rows fit.
 """
 from __future__ import annotations
 
@@ -57,22 +58,23 @@ def task_bytes(dim: int, heads: int, feat: int, chunk_rows: int, piece: int) -> 
 
 
 def fits_in_memory(num_nodes: int, dim: int, heads: int, feat: int, chunk_rows: int,
-                   piece: int, limit: int, tasks: int) -> bool:
+                   piece: int, limit: int, tasks: int, table_itemsize: int = 4) -> bool:
     """The mapped projection (shared by a machine's tasks through the page cache) plus each
     running task's state within the budget."""
-    proj = num_nodes * (dim + heads) * 4
+    proj = num_nodes * (dim + heads) * table_itemsize
     return proj + tasks * task_bytes(dim, heads, feat, chunk_rows, piece) <= limit
 
 
 def output_chunk_rows(num_nodes: int, num_edges: int, dim: int, heads: int, feat: int,
                       max_edges: int, limit: int, tasks: int,
-                      source_blocks: int | None) -> int | None:
+                      source_blocks: int | None, table_itemsize: int = 4) -> int | None:
     """Rows per output chunk for a new table: None (the store's default, about 32 MB) unless
     the run streams and the default block's state would take more than half of a task's
     share of the budget; then the largest multiple of MIN_CHUNK_ROWS within that half."""
-    default = chunk_rows_for(num_nodes, dim * 4)
+    default = chunk_rows_for(num_nodes, dim * table_itemsize)
     if source_blocks is None and fits_in_memory(num_nodes, dim, heads, feat, default,
-                                                 min(max_edges, num_edges), limit, tasks):
+                                                 min(max_edges, num_edges), limit, tasks,
+                                                 table_itemsize):
         return None
     half = limit // (2 * tasks)
     if default * state_row_bytes(dim, heads, feat) <= half:
@@ -129,30 +131,32 @@ def block_bounds(num_nodes: int, blocks: int) -> tuple[int, ...]:
 def plan_embed(num_nodes: int, dim: int, heads: int, feat: int, feat_itemsize: int,
                index_itemsize: int, blocks: Sequence[tuple[int, int]], chunk_rows: int,
                max_edges: int, limit: int, tasks: int,
-               source_blocks: int | None = None) -> EmbedPlan:
+               source_blocks: int | None = None, table_itemsize: int = 4) -> EmbedPlan:
     """In memory when the projection and the running tasks' state fit `limit` (and no
     source-block count is forced); otherwise the fewest source blocks such that one block,
     the output block's state and an edge piece fit each running task's share.
 
-    blocks: (rows, in-edges) of each output block this run computes."""
-    proj = num_nodes * (dim + heads) * 4
+    blocks: (rows, in-edges) of each output block this run computes; table_itemsize: bytes
+    of one stored projection value (4 float32, 2 float16)."""
+    proj = num_nodes * (dim + heads) * table_itemsize
     rows = sum(r for r, _ in blocks)
     inputs = rows * feat * feat_itemsize
     piece = min(max_edges, max((e for _, e in blocks), default=0))
     if source_blocks is None and fits_in_memory(num_nodes, dim, heads, feat, chunk_rows,
-                                                 piece, limit, tasks):
+                                                 piece, limit, tasks, table_itemsize):
         edges = sum(e for _, e in blocks)
         return EmbedPlan("in-memory", 1, (), len(blocks),
                          (proj if blocks else 0) + edges * index_itemsize + inputs,
                          proj, limit, tasks)
     if source_blocks is None:
         room = limit // tasks - task_bytes(dim, heads, feat, chunk_rows, piece)
-        block_rows = max(MIN_SOURCE_ROWS, room // ((dim + heads) * 4))
+        block_rows = max(MIN_SOURCE_ROWS, room // ((dim + heads) * table_itemsize))
         source_blocks = math.ceil(num_nodes / block_rows) if num_nodes else 1
     bounds = block_bounds(num_nodes, source_blocks)
     s = len(bounds) - 1
     edge_reads = sum(e * (1 if e <= max_edges else s) for _, e in blocks)
-    read = len(blocks) * proj + rows * (dim + heads) * 4 + edge_reads * index_itemsize + inputs
+    read = (len(blocks) * proj + rows * (dim + heads) * table_itemsize
+            + edge_reads * index_itemsize + inputs)
     return EmbedPlan("streamed", s, bounds, len(blocks), int(read), proj, limit, tasks)
 
 
@@ -203,6 +207,7 @@ def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.nd
     targets = np.asarray(targets, dtype=np.int64)
     R = len(targets)
     m, s, a_dst, acc = gatkernel.empty_state(R, H, C)
+    own = tuple(gatkernel.kernel_array(p) for p in own)
     gatkernel.init_state(own[0], own[1], w.att_dst, np.arange(R, dtype=np.int64), slope,
                          a_dst, m, s, acc)
     deg = (indptr[targets + 1] - indptr[targets]).astype(np.int64)
@@ -220,7 +225,7 @@ def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.nd
     kept = read_sources(pieces[0][0], pieces[0][1]) if len(pieces) == 1 else None
     logits = np.empty((min(max_edges, total), H), np.float32)
     for s0, s1 in zip(bounds[:-1], bounds[1:]):
-        h_blk, a_blk = read_block(int(s0), int(s1))
+        h_blk, a_blk = (gatkernel.kernel_array(p) for p in read_block(int(s0), int(s1)))
         local = targets - s0                        # a target's own id within the block
         for q0, q1, r0, r1, starts, ends in pieces:
             src = kept if kept is not None else read_sources(q0, q1)

@@ -18,7 +18,8 @@ from lrgi_ooc.cluster import tasks as cluster
 from lrgi_ooc.ingest import synth
 from lrgi_ooc.stages import config as cfgmod
 from lrgi_ooc.stages.config import TrainConfig
-from lrgi_ooc.stages.embed import DEFAULT_MAX_EDGES, WORKER_MODULES, embed_layer
+from lrgi_ooc.stages.embed import (DEFAULT_MAX_EDGES, DEFAULT_TABLE_DTYPE, WORKER_MODULES,
+                                   check_table_dtype, embed_layer)
 from lrgi_ooc.stages.embed_stream import DEFAULT_MEMORY_LIMIT
 from lrgi_ooc.stages.preprocess import WORKER_MODULES as PREPROCESS_WORKER_MODULES
 from lrgi_ooc.stages.preprocess import PreprocessOptions, run_preprocess
@@ -28,7 +29,7 @@ from lrgi_ooc.store.lock import writer_lock
 
 PIPELINE_KEYS = {"store", "num_layers", "synth", "preprocess", "train", "layer", "embed",
                  "evaluate", "dask"}
-EMBED_KEYS = {"max_edges", "device", "memory_limit", "source_blocks"}
+EMBED_KEYS = {"max_edges", "device", "memory_limit", "source_blocks", "table_dtype"}
 DASK_KEYS = {"workers", "scheduler", "gpu_task"}
 EVALUATE_KEYS = {"layers", "num_splits", "seed", "epochs", "json", "stream", "memory_limit",
                  "device", "probe", "concat", "concat_raw", "metric"}
@@ -193,7 +194,8 @@ def _run_stages(doc: dict[str, Any], source: str, out: Path, n: int,
         embed_layer(out, i, max_edges=int(embed_opts.get("max_edges", DEFAULT_MAX_EDGES)),
                     device=str(embed_opts.get("device", cfg.device)), client=client,
                     memory_limit=embed_opts.get("memory_limit", DEFAULT_MEMORY_LIMIT),
-                    source_blocks=embed_opts.get("source_blocks"))
+                    source_blocks=embed_opts.get("source_blocks"),
+                    table_dtype=embed_opts.get("table_dtype", DEFAULT_TABLE_DTYPE))
 
 
 def _check_embed(embed_opts: dict[str, Any], source: str) -> None:
@@ -207,6 +209,8 @@ def _check_embed(embed_opts: dict[str, Any], source: str) -> None:
     if sb is not None and (not isinstance(sb, int) or isinstance(sb, bool) or sb < 1):
         raise InputError(f"{source} [embed] source_blocks: must be a positive integer, "
                          f"got {sb!r}")
+    check_table_dtype(embed_opts.get("table_dtype", DEFAULT_TABLE_DTYPE),
+                      f"{source} [embed] table_dtype")
 
 
 def _check_evaluate(eval_opts: dict[str, Any], source: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lrgi_ooc.base.errors import InputError, space_for
+from lrgi_ooc.base.memory import parse_size
 from lrgi_ooc.cluster import tasks as cluster
 from lrgi_ooc.nn.device import torch_device
 from lrgi_ooc.nn.trained import save_atomic, save_layer
@@ -182,8 +183,10 @@ def fit(model, loader, cfg: TrainConfig, *, steps: int, per_epoch: int, run: Pat
 
 
 def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[str, Any]:
+    from lrgi_ooc.nn.sparseproj import SPARSE_DENSITY
     from lrgi_ooc.sample.loader import BatchLoader
     from lrgi_ooc.sample.onehop import OneHopSampler
+    from lrgi_ooc.sample.rowreader import choose_reader
 
     store = GraphStore(store_path)
     if layer < 1:
@@ -213,13 +216,44 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     run = store.run_dir(stage)
 
     model = build_model(in_dim, cfg).to(device)
-    loader = BatchLoader(sampler, table, seeds, cfg.batch_size, device=device)
-    secs = fit(model, loader, cfg, steps=steps, per_epoch=per_epoch, run=run,
-               chash=config_hash(conf), desc=f"train layer {layer}")
+    kind = choose_reader(cfg.row_reader, table.nbytes, parse_size(cfg.memory_limit))
+    loader = BatchLoader(sampler, table, seeds, cfg.batch_size, device=device,
+                         prefetch=2 if kind == "mmap" else 3, sparse_below=SPARSE_DENSITY)
+    rows = open_rows(store, store.table_key(layer - 1), loader, cfg) if kind == "pread" else None
+    try:
+        secs = fit(model, loader, cfg, steps=steps, per_epoch=per_epoch, run=run,
+                   chash=config_hash(conf), desc=f"train layer {layer}")
+    finally:
+        if rows is not None:
+            rows.close()
     model.eval()
     save_layer(store, layer, conf, in_dim, model.block)
-    store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2))
+    store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2),
+                     rows={"reader": "mmap"} if rows is None else
+                     {"reader": "pread", **rows.stats()})
     return store.stage_record(stage)
+
+
+def open_rows(store: GraphStore, key: str, loader: Any, cfg: TrainConfig) -> Any:
+    """A `RowReader` over table `key` for `loader`: its row cache gets what `--memory-limit`
+    leaves after the loader's host buffers, the reader's staging buffer and an estimate of
+    one training step (4 B x rows x (in_dim + 8 dim)). None when the chunks are encoded
+    (then the memory map, which zarr decodes, serves them)."""
+    from lrgi_ooc.sample.rowreader import RowReader
+    f = store.row_file(key, cfg.read_threads)
+    if f is None:
+        return None
+    table = loader.table
+    cap, width = loader.sampler.max_rows(loader.batch_size), int(table.shape[1])
+    reserved = (loader.host_nbytes() + cap * f.row_nbytes
+                + 4 * cap * (width + 8 * cfg.dim))
+    rows = RowReader(f, table.dtype, width, max(0, parse_size(cfg.memory_limit) - reserved))
+    loader.read_from(rows)
+    why = (f"; the {table.nbytes / 2**20:,.0f} MB table does not fit --memory-limit "
+           f"{cfg.memory_limit} or half of MemAvailable" if cfg.row_reader == "auto" else "")
+    print(f"train: input rows by pread, {cfg.read_threads} threads, a row cache of "
+          f"{rows.cache_rows:,} rows ({rows.cache_nbytes / 2**20:.1f} MB){why}")
+    return rows
 
 
 @writes_store("store", "train layer {layer}")

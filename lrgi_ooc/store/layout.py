@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import google_crc32c
 import numpy as np
@@ -25,6 +25,9 @@ import numpy as np
 from lrgi_ooc.store import chunkmap
 from lrgi_ooc.base.errors import InputError, space_for
 from lrgi_ooc.base.memory import peak_rss_bytes
+
+if TYPE_CHECKING:
+    from lrgi_ooc.store.rows import ChunkRowFile
 
 FORMAT_NAME = "lrgi-ooc"
 FORMAT_VERSION = 3            # 2: trained weights inside the store (layers/<l>/weights)
@@ -398,6 +401,18 @@ class GraphStore:
                                        random_access, file_nbytes=a.file_nbytes)
         except chunkmap.ChunkSizeError as e:
             raise self._size_error(a, e.index, e.size) from None
+
+    def row_file(self, key: str, threads: int = 32) -> "ChunkRowFile | None":
+        """The array's chunk files for exact `pread`s of whole rows (`store.rows`): the
+        same bytes as `mmap`, at the disk's queue depth. None when the chunks are encoded
+        (only zarr can read them)."""
+        from lrgi_ooc.store.rows import ChunkRowFile     # numba: only when training reads
+        a = self.info(key)
+        if not a.raw:
+            return None
+        return ChunkRowFile([a.chunk_path(i) for i in range(a.num_chunks)], a.chunk_rows,
+                            a.row_nbytes, a.num_rows, a.file_nbytes,
+                            lambda i, size: self._size_error(a, i, size), threads)
 
     def _size_error(self, a: ArrayInfo, i: int, size: int) -> InputError:
         return InputError(f"{self.path}: array '{a.key}' chunk {i}: {_size_problem(a, size)}")

@@ -28,7 +28,7 @@ def clean_stale(out: Path) -> None:
     for p in out.parent.glob(f".{out.name}.*-*"):
         kind_pid = p.name[len(out.name) + 2:]
         kind, _, pid = kind_pid.rpartition("-")
-        if kind not in ("staging", "old", "work") or not pid.isdigit():
+        if kind not in ("staging", "old", "work", "synth") or not pid.isdigit():
             continue
         if int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
