@@ -210,6 +210,9 @@ class _Slot:
             self.col = torch.empty(size, dtype=torch.int64)
             self.val = torch.empty(size, dtype=torch.float32)
 
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.crow.numpy(), self.col.numpy(), self.val.numpy()
+
     def ensure(self, rows: int, cap: int, feat: int, dtype: torch.dtype, pin: bool) -> None:
         if self.host is None or self.host.shape[0] < rows:
             size = min(cap, max(rows, int(rows * 1.25)))
@@ -280,18 +283,19 @@ class BatchLoader:
         if self.sparse_below > 0 and self.rows is None:
             width = int(self.table.shape[1])
             cap = int(self.sparse_below * n * width)
-            slot.ensure_csr(n, cap, self._cap, int(self.sparse_below * self._cap * width))
-            buffers = slot.crow.numpy(), slot.col.numpy(), slot.val.numpy()
+            most = int(self.sparse_below * self._cap * width)
             if not self._table_csr_tried:
                 self._table_csr_tried = True
                 self._table_csr = table_csr(self.table, self.sparse_below)
             if self._table_csr is None:
-                slot.nnz = gather_csr(self.table, b.nodes, cap, *buffers)
+                slot.ensure_csr(n, cap, self._cap, most)
+                slot.nnz = gather_csr(self.table, b.nodes, cap, *slot.csr())
             else:
                 crow = self._table_csr[0]
                 nnz = int((crow[b.nodes + 1] - crow[b.nodes]).sum())
                 if nnz <= cap:                 # the test gather_csr makes
-                    _csr_rows(*self._table_csr, b.nodes, *buffers)
+                    slot.ensure_csr(n, nnz, self._cap, most)
+                    _csr_rows(*self._table_csr, b.nodes, *slot.csr())
                     slot.nnz = nnz
             if slot.nnz >= 0:
                 return
