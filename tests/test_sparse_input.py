@@ -106,6 +106,10 @@ def test_loader_gives_csr_batches_with_the_dense_values():
                     (sparse_features(n, 60, 0.02).astype(np.float16), torch.sparse_csr),
                     (dense_x, torch.strided)):
         assert (table_csr(x, 0.05) is None) == (kind == torch.strided)
+        if kind == torch.sparse_csr:               # the copy's bound: 8 bytes a row and a value
+            need = 8 * (n + 1 + int(np.count_nonzero(x)))
+            assert table_csr(x, 0.05, budget=need) is not None
+            assert table_csr(x, 0.05, budget=need - 1) is None
         for prefetch in (0, 2):
             sparse = BatchLoader(sampler, x, seeds, 32, prefetch=prefetch, sparse_below=0.05)
             dense = BatchLoader(sampler, x, seeds, 32, prefetch=prefetch)

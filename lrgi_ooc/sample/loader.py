@@ -134,16 +134,23 @@ def gather_csr(table: np.ndarray, nodes: np.ndarray, cap: int, crow: np.ndarray,
     return -1
 
 
-def table_csr(table: np.ndarray, density: float, chunk_rows: int = 4096
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def table_csr(table: np.ndarray, density: float, budget: int | None = None,
+              chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The whole [N, F] table as CSR (crow, col int32, val; the values of `gather_csr`) when
-    at most `density` of it is non-zero, else None; two passes, a chunk of rows at a time."""
+    at most `density` of it is non-zero and the CSR takes at most `budget` bytes (8 a
+    non-zero, 8 a row), else None; two passes, a chunk of rows at a time."""
     n, f = table.shape
+    if budget is not None and 8 * (n + 1) > budget:
+        return None
     crow = np.zeros(n + 1, np.int64)
+    total = 0
     for a in range(0, n, chunk_rows):
-        crow[a + 1:a + chunk_rows + 1] = np.count_nonzero(table[a:a + chunk_rows], axis=1)
+        counts = np.count_nonzero(table[a:a + chunk_rows], axis=1)
+        crow[a + 1:a + 1 + counts.size] = counts
+        total += int(counts.sum())
+        if budget is not None and 8 * (n + 1 + total) > budget:
+            return None
     np.cumsum(crow, out=crow)
-    total = int(crow[-1])
     if total > density * n * f:
         return None
     col, val = np.empty(total, np.int32), np.empty(total, np.float32)
@@ -227,13 +234,16 @@ class BatchLoader:
     `rows`: a `rowreader.RowReader` over the same table, which then serves the rows instead
     of the memory map (same values; for tables larger than memory); the caller closes it.
     `sparse_below` > 0 (CPU, rows from the memory map): a batch with at most this fraction
-    of non-zeros comes as a CSR tensor (the same values), gathered without a dense copy.
+    of non-zeros comes as a CSR tensor (the same values), gathered without a dense copy;
+    from a CSR copy of the whole table when it is that sparse and the copy fits
+    `sparse_cache` bytes (None: no bound).
     """
 
     def __init__(self, sampler: OneHopSampler, table: np.ndarray, seeds: np.ndarray,
                  batch_size: int, epoch: int = 0, start_step: int = 0,
                  device: str | torch.device = "cpu", prefetch: int = 2,
-                 rows: "RowReader | None" = None, sparse_below: float = 0.0):
+                 rows: "RowReader | None" = None, sparse_below: float = 0.0,
+                 sparse_cache: int | None = None):
         if table.ndim != 2 or table.shape[0] != sampler.num_nodes:
             raise ValueError(f"table must be [{sampler.num_nodes}, F], got {table.shape}")
         if table.dtype not in (np.float32, np.float16):
@@ -254,6 +264,7 @@ class BatchLoader:
         self.sparse_below = 0.0 if self._cuda else max(0.0, float(sparse_below))
         self._table_csr: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._table_csr_tried = False
+        self.sparse_cache = sparse_cache
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self.read_from(rows)
@@ -286,7 +297,7 @@ class BatchLoader:
             most = int(self.sparse_below * self._cap * width)
             if not self._table_csr_tried:
                 self._table_csr_tried = True
-                self._table_csr = table_csr(self.table, self.sparse_below)
+                self._table_csr = table_csr(self.table, self.sparse_below, self.sparse_cache)
             if self._table_csr is None:
                 slot.ensure_csr(n, cap, self._cap, most)
                 slot.nnz = gather_csr(self.table, b.nodes, cap, *slot.csr())

@@ -217,8 +217,11 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
 
     model = build_model(in_dim, cfg).to(device)
     kind = choose_reader(cfg.row_reader, table.nbytes, parse_size(cfg.memory_limit))
+    # sparse rows (bag-of-words): CSR batches, from a CSR copy of the table within a quarter
+    # of the budget
     loader = BatchLoader(sampler, table, seeds, cfg.batch_size, device=device,
-                         prefetch=2 if kind == "mmap" else 3, sparse_below=SPARSE_DENSITY)
+                         prefetch=2 if kind == "mmap" else 3, sparse_below=SPARSE_DENSITY,
+                         sparse_cache=parse_size(cfg.memory_limit) // 4)
     rows = open_rows(store, store.table_key(layer - 1), loader, cfg) if kind == "pread" else None
     try:
         secs = fit(model, loader, cfg, steps=steps, per_epoch=per_epoch, run=run,
