@@ -21,6 +21,7 @@ MemAvailable (docs/benchmarks.md, "Balloon").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,17 +59,26 @@ def build(work: Path, nodes: int, degree: float, dim: int, heads: int) -> Path:
     return store
 
 
-def start_balloon(gb: str, work: Path) -> tuple[subprocess.Popen, int]:
-    """tools/balloon.py GB in the background; returns it once locked, with MemAvailable."""
+@contextlib.contextmanager
+def balloon(gb: str | None, work: Path) -> Iterator[int | None]:
+    """tools/balloon.py GB in the background for the body (MemAvailable once locked), or
+    nothing when `gb` is None; the balloon is stopped however the body ends."""
+    if gb is None:
+        yield None
+        return
     ready = work / "balloon.ready.json"
     ready.unlink(missing_ok=True)
     p = subprocess.Popen([sys.executable, str(REPO / "tools" / "balloon.py"), gb, "--ready",
                           str(ready)])
-    while not ready.exists():
-        if p.poll() is not None:
-            raise SystemExit(f"balloon exited with {p.returncode}")
-        time.sleep(0.1)
-    return p, int(json.loads(ready.read_text())["mem_available_bytes"])
+    try:
+        while not ready.exists():
+            if p.poll() is not None:
+                raise SystemExit(f"balloon exited with {p.returncode}")
+            time.sleep(0.1)
+        yield int(json.loads(ready.read_text())["mem_available_bytes"])
+    finally:
+        p.terminate()
+        p.wait()
 
 
 def drop_caches() -> None:
@@ -101,14 +112,9 @@ def main() -> int:
     print(f"load average {os.getloadavg()[0]:.2f}; graph {GraphStore(store).num_nodes:,} nodes, "
           f"{GraphStore(store).num_edges:,} stored edges", flush=True)
     runs = []
-    balloon, available = start_balloon(args.balloon, work) if args.balloon else (None, None)
-    try:
+    with balloon(args.balloon, work) as available:
         for r in range(args.repeat):
             runs.append(one_run(store, r, args, available))
-    finally:
-        if balloon is not None:
-            balloon.terminate()
-            balloon.wait()
     if available is not None:
         print(f"\nbeside a {args.balloon} GB balloon: MemAvailable {available / 2**30:.2f} GB")
     print("\n| run | source blocks | stage s | M edges/s | " + " | ".join(PARTS) + " |")

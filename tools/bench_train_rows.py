@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 os.environ.setdefault("LRGI_OOC_QUIET", "1")
 
-from bench_embed import drop_caches, start_balloon  # tools/ on the path: the same balloon
+from bench_embed import balloon, drop_caches  # tools/ on the path: the same balloon
 
 
 def cli(*args: str) -> None:
@@ -113,15 +113,10 @@ def main() -> int:
     runs = []
     if not args.no_baseline:
         runs.append(one_run(store, "in memory", "mmap", args, None))
-    balloon, available = start_balloon(args.balloon, work) if args.balloon else (None, None)
-    try:
+    with balloon(args.balloon, work) as available:
         for reader in readers:
             label = f"beside {args.balloon} GB balloon" if args.balloon else "no balloon"
             runs.append(one_run(store, label, reader, args, available))
-    finally:
-        if balloon is not None:
-            balloon.terminate()
-            balloon.wait()
     if available is not None:
         print(f"\nbeside a {args.balloon} GB balloon: MemAvailable {available / 2**30:.2f} GB")
     base = runs[0]["steps_per_s"] if not args.no_baseline else None
