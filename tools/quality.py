@@ -12,6 +12,12 @@ call for (Tolokers: ROC-AUC). Prints one markdown table and writes JSON.
     .venv/bin/python tools/quality.py --seeds 0,1,2 --out bench-results/quality.json
     .venv/bin/python tools/quality.py --datasets cora --seeds 0 --steps 5 --epochs 20  # smoke
     .venv/bin/python tools/quality.py --table-dtype float16 --out bench-results/quality-f16.json
+    .venv/bin/python tools/quality.py --probes lrgi --label lr5e-4 --layer-args "--lr 5e-4"  # sweep
+
+`--layer-args` passes training options to every `lrgi-ooc layer` (a setting of the defaults
+sweep); `--probes lrgi` keeps only LRGI.md's probe (raw, each layer, the concatenation and
+the residual sum), the quick form a sweep uses. "sum L-1+L" probes H^(L-1) + H^L: what the
+last table would be with a residual from the previous one added at embed time.
 
 `--table-dtype float16` stores the trained layers' tables as float16 (the untrained baseline
 stays float32); compare its JSON with a float32 run's (issue 12: within 0.3 points).
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,11 +73,29 @@ def untrained(store_path: Path, seed: int, layers: int, probe: dict[str, Any]) -
     return out
 
 
+def residual_sum(g: Any, depth: int, spare: int, probe: dict[str, Any]) -> float:
+    """Probe score of H^(depth-1) + H^depth, written as table `spare` (the store is a copy)."""
+    from lrgi_ooc.stages.evaluate import evaluate_store
+    from lrgi_ooc.store.layout import embeddings_key
+
+    x = (np.asarray(g.table(depth), dtype=np.float32)
+         + np.asarray(g.table(depth - 1), dtype=np.float32))
+    key = embeddings_key(spare)
+    g.create_array(key, x.shape, np.float32)
+    w = g.stream_writer(key)
+    w.write(x)
+    w.close()
+    return evaluate_store(g, spare, **probe)["test_mean"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default=ALL, help=f"comma-separated (default {ALL})")
     ap.add_argument("--seeds", default="0,1,2", help="training seeds")
     ap.add_argument("--layers", type=int, default=2, help="LRGI layers (default 2)")
+    ap.add_argument("--probe-layer", type=int, default=None,
+                    help="layer of the concat, sum, l2 and untrained probes (default: "
+                         "min(--layers, 2), the default model's last layer)")
     ap.add_argument("--num-splits", type=int, default=5,
                     help="random splits where the dataset has none")
     ap.add_argument("--epochs", type=int, default=1000, help="probe epochs (default 1000)")
@@ -78,13 +103,20 @@ def main() -> int:
                     help="training steps per layer (default: the training default; for smoke runs)")
     ap.add_argument("--table-dtype", default="float32", choices=["float32", "float16"],
                     help="`layer --table-dtype` for the trained layers (default float32)")
+    ap.add_argument("--layer-args", default="", help="extra `lrgi-ooc layer` options (quoted)")
+    ap.add_argument("--probes", default="full", choices=["full", "lrgi"],
+                    help="full: every probe and the untrained encoder; lrgi: LRGI.md's probe only")
+    ap.add_argument("--label", default="defaults", help="name of the setting (in the JSON)")
     ap.add_argument("--out", default="bench-results/quality.json")
     args = ap.parse_args()
     from lrgi_ooc.stages.evaluate import evaluate_store
     from lrgi_ooc.store.layout import GraphStore
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    depth = args.layers
+    trained = args.layers
+    depth = args.probe_layer or min(trained, 2)
+    if not 1 <= depth <= trained:
+        raise SystemExit("--probe-layer: must be in 1..--layers")
     probe = {"num_splits": args.num_splits, "epochs": args.epochs}
     rows = []
     work = Path(tempfile.mkdtemp(prefix="lrgi-quality-"))
@@ -93,23 +125,28 @@ def main() -> int:
             base = work / f"{name}.zarr"
             cli("preprocess", "--npz", str(DATASETS / f"{name}.npz"), "--out", str(base))
             raw = evaluate_store(GraphStore(base), 0, **probe)
-            res: dict[str, list] = {f"lrgi{i}": [] for i in range(1, depth + 1)}
+            res: dict[str, list] = {f"lrgi{i}": [] for i in range(1, trained + 1)}
             res.update({f"untrained{i}": [] for i in range(1, depth + 1)})
-            res.update({"concat": [], "l2_probe": [], "l2_probe_concat": [],
+            res.update({"concat": [], "sum": [], "l2_probe": [], "l2_probe_concat": [],
                         "l2_weight_decays": [], "sec": []})
             for seed in seeds:
                 st = work / f"{name}-{seed}.zarr"
                 shutil.copytree(base, st)
                 t0 = time.time()
                 steps = ["--steps", str(args.steps)] if args.steps else []
-                for layer in range(1, depth + 1):
+                for layer in range(1, trained + 1):
                     cli("layer", str(st), "--layer", str(layer), "--seed", str(seed), *steps,
-                        "--table-dtype", args.table_dtype)
+                        "--table-dtype", args.table_dtype, *shlex.split(args.layer_args))
                 res["sec"].append(time.time() - t0)
                 g = GraphStore(st)
-                for layer in range(1, depth + 1):
+                for layer in range(1, trained + 1):
                     res[f"lrgi{layer}"].append(evaluate_store(g, layer, **probe)["test_mean"])
                 res["concat"].append(evaluate_store(g, depth, concat=True, **probe)["test_mean"])
+                if depth >= 2:
+                    res["sum"].append(residual_sum(g, depth, trained + 1, probe))
+                if args.probes == "lrgi":
+                    shutil.rmtree(st, ignore_errors=True)
+                    continue
                 l2 = evaluate_store(g, depth, probe="l2", **probe)
                 res["l2_probe"].append(l2["test_mean"])
                 res["l2_weight_decays"].append([s["weight_decay"] for s in l2["per_split"]])
@@ -120,32 +157,35 @@ def main() -> int:
                 shutil.rmtree(st, ignore_errors=True)
             row = {"dataset": name, "metric": raw["metric"], "num_splits": raw["num_splits"],
                    "split_source": raw["split_source"], "raw": raw["test_mean"],
-                   "seeds": seeds, "layers": depth, "probe_epochs": args.epochs,
-                   "steps": args.steps, "table_dtype": args.table_dtype, **res}
+                   "seeds": seeds, "layers": trained, "probe_layer": depth,
+                   "probe_epochs": args.epochs,
+                   "steps": args.steps, "table_dtype": args.table_dtype,
+                   "label": args.label, "layer_args": args.layer_args, **res}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
-    print(table(rows, depth))
+    print(table(rows, trained, depth))
     return 0
 
 
-def table(rows: list[dict[str, Any]], depth: int) -> str:
-    """dataset | metric | raw | untrained L1..L | LRGI L1..L | concat | l2 | l2 concat | s."""
-    pct = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}"
-    cols = (["dataset", "metric", "raw"] + [f"untrained L{i}" for i in range(1, depth + 1)]
-            + [f"LRGI L{i}" for i in range(1, depth + 1)]
-            + [f"concat 1..{depth}", f"l2 L{depth}", f"l2 concat 1..{depth}",
-               "train+embed s per seed"])
+def table(rows: list[dict[str, Any]], trained: int, depth: int) -> str:
+    """dataset | metric | raw | untrained L1..L | LRGI L1..L | concat | sum | l2 | l2 concat | s
+    (columns a `--probes lrgi` run did not fill are left out)."""
+    pct = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v):.2f}" if len(v) else ""
+    names = ([("raw", "raw")] + [(f"untrained L{i}", f"untrained{i}") for i in range(1, depth + 1)]
+             + [(f"LRGI L{i}", f"lrgi{i}") for i in range(1, trained + 1)]
+             + [(f"concat 1..{depth}", "concat"), (f"sum L{depth - 1}+L{depth}", "sum"),
+                (f"l2 L{depth}", "l2_probe"), (f"l2 concat 1..{depth}", "l2_probe_concat")])
+    names = [(c, k) for c, k in names if k == "raw" or any(len(r.get(k, [])) for r in rows)]
+    cols = ["dataset", "metric"] + [c for c, _ in names] + ["train+embed s per seed"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = ([r["dataset"], r["metric"], f"{100 * r['raw']:.2f}"]
-                 + [pct(r[f"untrained{i}"]) for i in range(1, depth + 1)]
-                 + [pct(r[f"lrgi{i}"]) for i in range(1, depth + 1)]
-                 + [pct(r["concat"]), pct(r["l2_probe"]), pct(r["l2_probe_concat"]),
-                    f"{np.mean(r['sec']):.0f}"])
+        cells = ([r["dataset"], r["metric"]]
+                 + [f"{100 * r['raw']:.2f}" if k == "raw" else pct(r.get(k, []))
+                    for _, k in names] + [f"{np.mean(r['sec']):.0f}"])
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
