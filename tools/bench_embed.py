@@ -4,7 +4,7 @@
     python tools/bench_embed.py --work DIR [--nodes 1000000] [--avg-degree 20] [--dim 64]
                                 [--heads 4] [--repeat 3] [--json out.json]
                                 [--memory-limit SIZE] [--source-blocks S]
-                                [--balloon GB] [--drop-caches]
+                                [--balloon GB] [--drop-caches] [--table-dtype float16]
 
 Builds DIR/graph.zarr once (`lrgi-ooc synth`, `preprocess --undirected`, `train --layer 1
 --steps 5`), then runs `embed_layer` `--repeat` times in this process (the first run also
@@ -101,6 +101,8 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--memory-limit", default="2GB")
     ap.add_argument("--source-blocks", type=int, default=None)
+    ap.add_argument("--table-dtype", default="float32", choices=["float32", "float16"],
+                    help="embed's table and projection dtype")
     ap.add_argument("--balloon", default=None, help="GB to lock with tools/balloon.py")
     ap.add_argument("--drop-caches", action="store_true")
     args = ap.parse_args()
@@ -138,13 +140,14 @@ def one_run(store: Path, r: int, args: argparse.Namespace, available: int | None
     t = time.perf_counter()
     prof.enable()
     rec = embed_layer(store, 1, memory_limit=args.memory_limit,
-                      source_blocks=args.source_blocks)
+                      source_blocks=args.source_blocks, table_dtype=args.table_dtype)
     prof.disable()
     wall = time.perf_counter() - t
     st = pstats.Stats(prof)
     row = {"run": r + 1, "stage_s": rec["seconds"], "wall_s": round(wall, 2),
            "edges": rec["edges"], "edges_per_s": rec["edges"] / max(rec["seconds"], 1e-9),
            "plan": rec["plan"], "mem_available_bytes": available,
+           "table_dtype": args.table_dtype,
            **{k: round(seconds_in(st, f), 3) for k, f in PARTS.items()}}
     print(json.dumps(row), flush=True)
     return row

@@ -7,7 +7,7 @@
 synth N nodes at mean undirected degree 20 (`preprocess --undirected` stores both directions:
 N * 20 directed edges, 1 B at the default 50 M), 64-d float16 features, 8 classes, labels on
 1.4 % of the nodes (11:1:2 train/val/test, as ogbn-papers100M); preprocess --memory-limit
-3GB; two layers (width 64, 4 heads, float16 tables, a fixed budget of --steps steps of
+3GB --feature-dtype float16 (the stored features stay half size); two layers (width 64, 4 heads, float16 tables, a fixed budget of --steps steps of
 --batch-size seeds); embed both (the planner decides how to stream the projection); probe
 layers 0 and 2 on the stored split.
 
@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -88,6 +89,8 @@ def main() -> int:
     ap.add_argument("--probe-epochs", type=int, default=1000)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
+    # SIGTERM ends like Ctrl-C: the balloon's context manager then unlocks the memory
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work: Path = a.workdir
     if work.exists():
         raise SystemExit(f"--workdir {work}: exists")
@@ -116,8 +119,8 @@ def main() -> int:
                 "preprocess", "--edges", str(inp / "edges"), "--features",
                 str(inp / "features.npy"), "--labels", str(inp / "labels.npy"),
                 "--train", str(inp / "train.npy"), "--val", str(inp / "val.npy"),
-                "--test", str(inp / "test.npy"), "--undirected", "--out", str(store),
-                "--memory-limit", "3GB"], work, log))
+                "--test", str(inp / "test.npy"), "--undirected", "--feature-dtype", "float16",
+                "--out", str(store), "--memory-limit", "3GB"], work, log))
             for layer in (1, 2):
                 rows.append(stage(f"train {layer}", CLI + [
                     "train", str(store), "--layer", str(layer), *train], work, log))

@@ -361,6 +361,9 @@ class _Build:
             offset = 0
             with progress.bar(self.stored, "build CSR", unit="edges") as pb:
                 for lo, hi, pieces, raw in ranges:
+                    # drop the last range's views first: a range that needs larger buffers
+                    # than the last one must not hold both (it did: 2.2 GB over a 3GB budget)
+                    out = rows = None
                     out, rows = self._range(lo, hi, pieces, raw, pb)
                     rows += offset
                     indptr.write(rows)
