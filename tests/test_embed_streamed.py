@@ -20,7 +20,7 @@ from conftest import REPO, cli_env, cli_popen, cli_run
 from graphs import make_store
 from lrgi_ooc.cli.main import main
 from lrgi_ooc.stages.embed import embed_layer
-from lrgi_ooc.stages.embed_stream import plan_embed, state_row_bytes, task_bytes
+from lrgi_ooc.stages.embed_stream import group_fixed_bytes, lean_row_bytes, plan_embed
 from lrgi_ooc.store.layout import (GraphStore, chunk_rows_for, embeddings_key,
                                    train_embeddings_key)
 
@@ -57,19 +57,24 @@ def trained(tmp_path_factory):
     return s.path, table(ref), rec
 
 
-@pytest.mark.parametrize("blocks,max_edges", [(2, 1 << 21), (3, 3000), (7, 1 << 21)])
-def test_streamed_equals_in_memory(trained, tmp_path, capsys, blocks, max_edges):
-    # max_edges=3000: the hubs' rows span several pieces, re-read for every source block
+@pytest.mark.parametrize("blocks,max_edges,limit,groups", [
+    (2, 1 << 21, "2GB", 1), (3, 3000, "4MB", 3), (7, 3000, "4MB", 2), (7, 3000, "1MB", 5)])
+def test_streamed_equals_in_memory(trained, tmp_path, capsys, blocks, max_edges, limit,
+                                   groups):
+    # max_edges=3000: the hubs' rows span several pieces; the budget decides how many of the
+    # 5 output chunks a task groups (each task reads the whole projection once)
     src, ref, ref_rec = trained
     s = copy_store(src, tmp_path / "g.zarr")
-    rec = embed_layer(s, 1, chunk_rows=CHUNK, source_blocks=blocks, max_edges=max_edges)
+    rec = embed_layer(s, 1, chunk_rows=CHUNK, source_blocks=blocks, max_edges=max_edges,
+                      memory_limit=limit)
     np.testing.assert_allclose(table(s), ref, **TOL)
     assert not np.array_equal(table(s), np.zeros_like(ref))
     plan = rec["plan"]
-    assert (plan["mode"], plan["source_blocks"], plan["output_blocks"], plan["tasks_at_once"]) \
-        == ("streamed", blocks, 5, 1)
-    assert plan["bytes_read"] >= 5 * plan["projection_bytes"] > 0
-    assert f"embed layer 1: plan: {blocks} source blocks x 5 output blocks, " \
+    assert (plan["mode"], plan["source_blocks"], plan["output_blocks"], plan["output_chunks"],
+            plan["tasks_at_once"]) == ("streamed", blocks, groups, 5, 1)
+    assert plan["bytes_read"] >= groups * plan["projection_bytes"] > 0
+    tasks = f"{groups} output block{'s' if groups > 1 else ''}"
+    assert f"embed layer 1: plan: {blocks} source blocks x {tasks} (5 chunks), " \
         in capsys.readouterr().out
     # the budget is not configuration: the same config hash as the in-memory run
     assert rec["config_hash"] == ref_rec["config_hash"]
@@ -87,46 +92,61 @@ def test_memory_limit_streams_and_shrinks_the_output_blocks(trained, tmp_path):
 
 
 def test_planner_fits_each_task_within_its_share():
+    chunks = [(65536, 2_000_000)] * 150
     common = dict(num_nodes=10_000_000, dim=64, heads=4, feat=64, feat_itemsize=4,
-                  index_itemsize=4, blocks=[(65536, 2_000_000)] * 150, chunk_rows=65536,
+                  index_itemsize=4, runs=[chunks[:100], chunks[100:]], chunk_rows=65536,
                   max_edges=1 << 21)
     proj = 10_000_000 * 68 * 4
     fits = plan_embed(**common, limit=8 << 30, tasks=1)
     assert fits.mode == "in-memory" and fits.source_blocks == 1 and fits.projection_bytes == proj
-    task = task_bytes(64, 4, 64, 65536, 2_000_000)     # a piece: the largest block's edges
+    assert fits.output_blocks == 150
+    fixed = group_fixed_bytes(64, 4, 64, 65536, 2_000_000)   # a piece: the largest chunk's edges
+    chunk = 65536 * lean_row_bytes(64, 4) + 2_000_000 * 4     # its state and edge ids
     for limit, tasks in [(2 << 30, 1), (2 << 30, 2), (1 << 30, 3)]:
         p = plan_embed(**common, limit=limit, tasks=tasks)
+        share = limit // tasks
         assert p.mode == "streamed" and p.bounds[0] == 0 and p.bounds[-1] == 10_000_000
-        assert len(p.bounds) == p.source_blocks + 1 and p.output_blocks == 150
-        biggest = max(np.diff(p.bounds)) * 68 * 4
-        assert biggest + task <= limit // tasks                   # one block per task fits
-        fewer = plan_embed(**common, limit=limit, tasks=tasks, source_blocks=p.source_blocks - 1)
-        assert max(np.diff(fewer.bounds)) * 68 * 4 + task > limit // tasks   # and is the fewest
-    assert plan_embed(**common, limit=2 << 30, tasks=2).source_blocks > \
-        plan_embed(**common, limit=2 << 30, tasks=1).source_blocks
+        assert len(p.bounds) == p.source_blocks + 1 and p.output_chunks == 150
+        block = max(np.diff(p.bounds)) * 68 * 4
+        assert block <= (share - fixed) // 4 < block * (p.source_blocks + 1) / p.source_blocks
+        # groups: consecutive chunks of one run each, covering every chunk once, in order;
+        # each fits the share and the next chunk would not
+        assert [(r, f) for r, f, _ in p.groups][:1] == [(0, 0)]
+        covered = [(r, f + k) for r, f, c in p.groups for k in range(c)]
+        assert covered == [(0, i) for i in range(100)] + [(1, i) for i in range(50)]
+        for r, f, c in p.groups:
+            assert fixed + block + c * chunk <= share
+            if f + c < (100 if r == 0 else 50):
+                assert fixed + block + (c + 1) * chunk > share
+        assert p.output_blocks == len(p.groups)
+        assert p.bytes_read >= len(p.groups) * proj
+    assert plan_embed(**common, limit=2 << 30, tasks=2).output_blocks > \
+        plan_embed(**common, limit=2 << 30, tasks=1).output_blocks
     forced = plan_embed(**common, limit=64 << 30, tasks=1, source_blocks=3)
     assert forced.mode == "streamed" and forced.source_blocks == 3
-    assert state_row_bytes(64, 4, 64) * 65536 < task
+    assert [c for _, _, c in forced.groups] == [100, 50]      # all of a run in one task
 
 
 def test_streamed_on_local_cluster(trained, tmp_path):
     src, ref, _ = trained
     s = copy_store(src, tmp_path / "g.zarr")
     r = cli_run(["embed", s, "--layer", "1", "--workers", "2", "--chunk-rows", CHUNK,
-                 "--source-blocks", "3"])
+                 "--source-blocks", "3", "--memory-limit", "8MB", "--max-edges", "3000"])
     assert r.returncode == 0, r.stderr
     assert "dask: 2 worker(s)" in r.stdout
-    assert "embed layer 1: plan: 3 source blocks x 5 output blocks" in r.stdout
+    # two tasks at once share 8 MB: 4 MB each, as in the in-process case with 3 groups
+    assert "embed layer 1: plan: 3 source blocks x 3 output blocks (5 chunks)" in r.stdout
     plan = GraphStore(s).stage_record("embed/1")["plan"]
-    assert (plan["mode"], plan["tasks_at_once"]) == ("streamed", 2)
+    assert (plan["mode"], plan["tasks_at_once"], plan["output_blocks"]) == ("streamed", 2, 3)
     np.testing.assert_allclose(table(s), ref, **TOL)
 
 
 def test_killed_mid_stage_resumes_under_another_budget(trained, tmp_path):
     src, ref, ref_rec = trained
     s = copy_store(src, tmp_path / "g.zarr")
+    # 1MB: one chunk a task, so chunks are written one task after another
     p = cli_popen(["embed", s, "--layer", "1", "--chunk-rows", CHUNK, "--source-blocks", "7",
-                   "--max-edges", "512"])
+                   "--max-edges", "512", "--memory-limit", "1MB"])
     deadline = time.monotonic() + 120
     while not (GraphStore(s).has(EMB) and GraphStore(s).chunk_written(EMB, 0)):
         assert p.poll() is None, "the run ended before the kill point: " + p.stderr.read()
@@ -155,7 +175,8 @@ def test_inductive_training_table_streams(tmp_path):
     ref = copy_store(s.path, tmp_path / "ref.zarr")
     assert embed_layer(ref, 1, chunk_rows=CHUNK)["plan"]["mode"] == "in-memory"
     rec = embed_layer(s.path, 1, chunk_rows=CHUNK, source_blocks=3, max_edges=2000)
-    assert rec["plan"]["output_blocks"] == 3 + 1
+    # one task for the table's 3 chunks, one for the training table's chunk
+    assert (rec["plan"]["output_blocks"], rec["plan"]["output_chunks"]) == (2, 3 + 1)
     for key in (EMB, train_embeddings_key(1)):
         np.testing.assert_allclose(table(s.path, key), table(ref, key), **TOL)
 

@@ -62,7 +62,8 @@ VOLATILE = {
     "stages.*.peak_rss_mb": "peak RSS of the last attempt's process",
     "stages.embed/*.edges": "edges aggregated by the last attempt (a resumed run only counts "
                             "the chunks it wrote; paired with seconds as its throughput)",
-    "stages.embed/*.plan.output_blocks": "output chunks the last attempt computed",
+    "stages.embed/*.plan.output_blocks": "tasks the last attempt ran",
+    "stages.embed/*.plan.output_chunks": "output chunks the last attempt computed",
     "stages.embed/*.plan.bytes_read": "bytes the last attempt read",
     "provenance.created_at": "time the store was created",
 }

@@ -296,24 +296,52 @@ def embed_task(spec: EmbedSpec, key: str, i: int) -> int:
     a, b = store.info(key).chunk_bounds(i)
     ids = np.arange(a, b, dtype=np.int64) if targets is None else targets[a:b]
     x = ctx["table"][a:b] if targets is None else ctx["table"][ids]
-    if spec.blocks:
-        out = _streamed(spec, ctx, indptr, indices, ids, x)
-    else:
-        out = aggregate(ctx["weights"], g["proj"], indptr, indices, ids, x, spec.max_edges,
-                        ctx["device"])
+    out = aggregate(ctx["weights"], g["proj"], indptr, indices, ids, x, spec.max_edges,
+                    ctx["device"])
     store.write_chunk(key, i, stored_values(store, key, out, spec.layer, a))
     return int(indptr[ids + 1].sum() - indptr[ids].sum()) if len(ids) else 0
 
 
+def embed_group_task(spec: EmbedSpec, key: str, chunks: tuple[int, ...]) -> int:
+    """Streamed phase 2 task: output chunks `chunks` (consecutive) of `key` in one pass over
+    the projection's source blocks; each chunk is written as soon as it is finished, so a
+    killed task leaves whole chunks only. Returns the edges it read.
+
+    Memory (embed_stream): the group's softmax state and edge ids, one source block, one
+    piece of at most `max_edges` edges, and the finish of FINISH_ROWS targets."""
+    cluster.set_numba_threads()
+    ctx = _context(spec)
+    indptr, indices, targets = _graphs(spec)[key]
+    store = ctx["store"]
+    info = store.info(key)
+    spans = [info.chunk_bounds(i) for i in chunks]
+    a, b = spans[0][0], spans[-1][1]
+    ids = np.arange(a, b, dtype=np.int64) if targets is None else np.asarray(targets[a:b])
+    if len(ids) == 0:
+        return 0
+
+    def read_x(r0: int, r1: int) -> np.ndarray:
+        return ctx["table"][a + r0:a + r1] if targets is None else ctx["table"][ids[r0:r1]]
+
+    def emit(j: int, out: np.ndarray) -> None:
+        store.write_chunk(key, chunks[j], stored_values(store, key, out, spec.layer,
+                                                        spans[j][0]))
+    _streamed(spec, ctx, indptr, indices, ids, read_x, [lo - a for lo, _ in spans] + [b - a],
+              emit)
+    return int(indptr[ids + 1].sum() - indptr[ids].sum())
+
+
 def _streamed(spec: EmbedSpec, ctx: dict[str, Any], indptr: np.ndarray, indices: Any,
-              ids: np.ndarray, x: np.ndarray) -> np.ndarray:
+              ids: np.ndarray, read_x: Any, cuts: list[int], emit: Any) -> None:
     """Output rows `ids` (ascending) with the projection read in `spec.blocks`, by plain
-    reads. Memory: one source block ((H C + H) 4 bytes a node, 2 in float16) beside
-    embed_task's."""
+    reads; `emit(j, out)` takes the finished chunk j (rows cuts[j]:cuts[j+1])."""
     store, keys = ctx["store"], projection_keys(spec.layer)
     contiguous = _contiguous(ids)
-    own = tuple(store.read_rows(k, int(ids[0]), int(ids[-1]) + 1) if contiguous
-                else read_sorted_rows(store, k, ids) for k in keys)
+
+    def own(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        if contiguous:
+            return tuple(store.read_rows(k, int(ids[r0]), int(ids[r1 - 1]) + 1) for k in keys)
+        return tuple(read_sorted_rows(store, k, ids[r0:r1]) for k in keys)
     cum = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(indptr[ids + 1] - indptr[ids], out=cum[1:])
 
@@ -325,8 +353,19 @@ def _streamed(spec: EmbedSpec, ctx: dict[str, Any], indptr: np.ndarray, indices:
 
     def block(s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
         return store.read_rows(keys[0], s0, s1), store.read_rows(keys[1], s0, s1)
-    return stream_aggregate(ctx["weights"], block, spec.blocks, own, indptr, ids, sources, x,
-                            spec.max_edges, ctx["device"])
+    stream_aggregate(ctx["weights"], block, spec.blocks, own, indptr, ids, sources, read_x,
+                     cuts, emit, spec.max_edges, ctx["device"])
+
+
+def _consecutive(chunks: list[int]) -> list[list[int]]:
+    """`chunks` (ascending) cut into runs of consecutive ids: what one streamed task groups."""
+    runs: list[list[int]] = []
+    for i in chunks:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def _output_blocks(store: GraphStore, layer: int, key: str, chunks: list[int]
@@ -420,10 +459,11 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
                      str(source.path) if model is not None else "", table_dtype=table_dtype)
     t0 = time.time()
     todo = {key: pending_chunks(store, key) for key in keys}
+    runs = [(key, run) for key in keys for run in _consecutive(todo[key])]
     plan = plan_embed(store.num_nodes, dim, heads, width,
                       store.info(store.table_key(layer - 1)).dtype.itemsize,
                       store.info(INDICES).dtype.itemsize,
-                      [b for key in keys for b in _output_blocks(store, layer, key, todo[key])],
+                      [_output_blocks(store, layer, key, run) for key, run in runs],
                       store.info(embeddings_key(layer)).chunk_rows, int(max_edges), limit,
                       tasks, source_blocks,
                       store.info(projection_keys(layer)[0]).dtype.itemsize)
@@ -441,10 +481,16 @@ def embed_layer(store_path: str | Path, layer: int, max_edges: int = DEFAULT_MAX
     edges = 0
     for key in keys:
         info = store.info(key)
-        rows = [int(np.diff(info.chunk_bounds(i))[0]) for i in todo[key]]
-        done = cluster.run_tasks(client, embed_task, [(spec, key, i) for i in todo[key]],
-                                 f"embed layer {layer}", unit="node", weights=rows,
-                                 total=info.num_rows, initial=info.num_rows - sum(rows))
+        if plan.mode == "streamed":     # a task: a group of consecutive chunks
+            work = [tuple(runs[r][1][f:f + c]) for r, f, c in plan.groups if runs[r][0] == key]
+            fn, args = embed_group_task, [(spec, key, w) for w in work]
+        else:                           # a task: one chunk
+            work = [(i,) for i in todo[key]]
+            fn, args = embed_task, [(spec, key, i) for i in todo[key]]
+        rows = [sum(int(np.diff(info.chunk_bounds(i))[0]) for i in w) for w in work]
+        done = cluster.run_tasks(client, fn, args, f"embed layer {layer}", unit="node",
+                                 weights=rows, total=info.num_rows,
+                                 initial=info.num_rows - sum(rows))
         edges += sum(done)
     if client is None:
         cluster.clear_cache()
