@@ -7,8 +7,9 @@
 synth N nodes at mean undirected degree 20 (`preprocess --undirected` stores both directions:
 N * 20 directed edges, 1 B at the default 50 M), 64-d float16 features, 8 classes, labels on
 1.4 % of the nodes (11:1:2 train/val/test, as ogbn-papers100M); preprocess --memory-limit
-3GB --feature-dtype float16 (the stored features stay half size); two layers (width 64, 4 heads, float16 tables, a fixed budget of --steps steps of
---batch-size seeds); embed both (the planner decides how to stream the projection); probe
+3GB --feature-dtype float16 (the stored features stay half size); two layers (width 64,
+4 heads, float16 tables, a fixed budget of --steps steps of --batch-size seeds); embed both with --memory-limit 3GB (the planner decides how to stream
+the projection); probe
 layers 0 and 2 on the stored split.
 
 Before the first stage tools/balloon.py locks MemAvailable - AVAILABLE GB, so every stage and
@@ -88,19 +89,36 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--probe-epochs", type=int, default=1000)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a stopped run in WORKDIR: the stages its run_1b.json lists "
+                         "are kept, the others run (each from its start)")
     a = ap.parse_args()
     # SIGTERM ends like Ctrl-C: the balloon's context manager then unlocks the memory
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     work: Path = a.workdir
-    if work.exists():
-        raise SystemExit(f"--workdir {work}: exists")
-    work.mkdir(parents=True)
+    if work.exists() and not a.resume:
+        raise SystemExit(f"--workdir {work}: exists (--resume continues it)")
+    work.mkdir(parents=True, exist_ok=True)
     inp, store, log = work / "input", work / "graph.zarr", work / "stages.log"
     rows: list[dict] = []
     res: dict = {"nodes": a.nodes, "steps": a.steps, "batch_size": a.batch_size,
                  "available_asked_gb": a.available, "rows": rows, "cores": os.cpu_count(),
                  "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "mem_total_gb": round(meminfo("MemTotal") / 2**30, 2)}
+    if a.resume and (work / "run_1b.json").exists():
+        old = json.loads((work / "run_1b.json").read_text())
+        rows.extend(old["rows"])
+        res["earlier_sessions"] = [{k: old.get(k) for k in ("started", "finished",
+                                                           "mem_available_gb", "balloon_gb")}]
+        res["earlier_sessions"] += old.get("earlier_sessions", [])
+    done = {r["stage"] for r in rows}
+
+    def run(name: str, cmd: list[str]) -> bool:
+        if name in done:
+            print(f"# {name}: done in an earlier session (kept)", flush=True)
+            return False
+        rows.append(stage(name, cmd, work, log))
+        return True
     lock = None
     if a.available > 0:
         lock = f"{max(meminfo('MemAvailable') / 2**30 - a.available, 0.0):.2f}"
@@ -111,28 +129,28 @@ def main() -> int:
             res["balloon_gb"] = lock
             res["mem_available_gb"] = None if available is None else round(available / 2**30, 2)
             print(f"# balloon {lock} GB: MemAvailable {res['mem_available_gb']} GB", flush=True)
-            rows.append(stage("synth", CLI + [
+            run("synth", CLI + [
                 "synth", "--out", str(inp), "--nodes", str(a.nodes), "--avg-degree", "20",
                 "--feature-dim", "64", "--feature-dtype", "float16", "--classes", "8",
-                "--labelled-fraction", "0.014", "--seed", "0"], work, log))
-            rows.append(stage("preprocess", CLI + [
+                "--labelled-fraction", "0.014", "--seed", "0"])
+            run("preprocess", CLI + [
                 "preprocess", "--edges", str(inp / "edges"), "--features",
                 str(inp / "features.npy"), "--labels", str(inp / "labels.npy"),
                 "--train", str(inp / "train.npy"), "--val", str(inp / "val.npy"),
                 "--test", str(inp / "test.npy"), "--undirected", "--feature-dtype", "float16",
-                "--out", str(store), "--memory-limit", "3GB"], work, log))
+                "--out", str(store), "--memory-limit", "3GB"])
             for layer in (1, 2):
-                rows.append(stage(f"train {layer}", CLI + [
-                    "train", str(store), "--layer", str(layer), *train], work, log))
-                rows.append(stage(f"embed {layer}", CLI + [
+                run(f"train {layer}", CLI + ["train", str(store), "--layer", str(layer),
+                                             *train])
+                run(f"embed {layer}", CLI + [
                     "embed", str(store), "--layer", str(layer), "--table-dtype", "float16",
-                    "--device", "cpu"], work, log))
+                    "--memory-limit", "3GB", "--device", "cpu"])
             for layer in (0, 2):
                 js = work / f"evaluate-{layer}.json"
-                rows.append(stage(f"evaluate {layer}", CLI + [
-                    "evaluate", str(store), "--layer", str(layer), "--epochs",
-                    str(a.probe_epochs), "--memory-limit", "3GB", "--json", str(js)],
-                    work, log))
+                if not run(f"evaluate {layer}", CLI + [
+                        "evaluate", str(store), "--layer", str(layer), "--epochs",
+                        str(a.probe_epochs), "--memory-limit", "3GB", "--json", str(js)]):
+                    continue
                 ev = json.loads(js.read_text())
                 rows[-1].update(metric=ev["metric"], test_mean=ev["test_mean"],
                                 val_mean=ev["val_mean"])
