@@ -104,6 +104,8 @@ def main() -> int:
     ap.add_argument("--table-dtype", default="float32", choices=["float32", "float16"],
                     help="`layer --table-dtype` for the trained layers (default float32)")
     ap.add_argument("--layer-args", default="", help="extra `lrgi-ooc layer` options (quoted)")
+    ap.add_argument("--deep-layer-args", default="",
+                    help="extra options for layers 2.. only, after --layer-args (quoted)")
     ap.add_argument("--probes", default="full", choices=["full", "lrgi"],
                     help="full: every probe and the untrained encoder; lrgi: LRGI.md's probe only")
     ap.add_argument("--label", default="defaults", help="name of the setting (in the JSON)")
@@ -136,7 +138,8 @@ def main() -> int:
                 steps = ["--steps", str(args.steps)] if args.steps else []
                 for layer in range(1, trained + 1):
                     cli("layer", str(st), "--layer", str(layer), "--seed", str(seed), *steps,
-                        "--table-dtype", args.table_dtype, *shlex.split(args.layer_args))
+                        "--table-dtype", args.table_dtype, *shlex.split(args.layer_args),
+                        *(shlex.split(args.deep_layer_args) if layer > 1 else []))
                 res["sec"].append(time.time() - t0)
                 g = GraphStore(st)
                 for layer in range(1, trained + 1):
@@ -160,7 +163,8 @@ def main() -> int:
                    "seeds": seeds, "layers": trained, "probe_layer": depth,
                    "probe_epochs": args.epochs,
                    "steps": args.steps, "table_dtype": args.table_dtype,
-                   "label": args.label, "layer_args": args.layer_args, **res}
+                   "label": args.label, "layer_args": args.layer_args,
+                   "deep_layer_args": args.deep_layer_args, **res}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:

@@ -243,3 +243,18 @@ def finish(s: np.ndarray, acc: np.ndarray, bias: np.ndarray, skip: np.ndarray,
             for c in range(k * width, (k + 1) * width):
                 v = acc[r, c] * inv + bias[c] + skip[r, c]
                 out[r, c] = v if v > 0 else np.exp(v) - np.float32(1.0)   # 1.6x expm1
+
+
+@numba.njit(parallel=True, **_JIT)
+def advance(sources: np.ndarray, cur: np.ndarray, ends: np.ndarray, bound: int,
+            out: np.ndarray) -> None:
+    """out[r]: the first position in sources[cur[r]:ends[r]] (ascending) whose source is at
+    least `bound`. A streamed task calls it once per source block with cur = the previous
+    block's out, so finding every block's sub-range of every row costs one pass over the
+    edges in all, not one per block."""
+    for r in numba.prange(cur.shape[0]):
+        p = cur[r]
+        e = ends[r]
+        while p < e and sources[p] < bound:
+            p += 1
+        out[r] = p

@@ -229,18 +229,6 @@ def read_sorted_rows(store: GraphStore, key: str, ids: np.ndarray) -> np.ndarray
     return out
 
 
-def _sub_ranges(src: np.ndarray, starts: np.ndarray, ends: np.ndarray, s0: int, s1: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Per segment src[starts[r]:ends[r]] (each ascending), the positions of its sources in
-    [s0, s1): those below s0 come first, those below s1 end the range."""
-    below = np.zeros(len(src) + 1, dtype=np.int64)
-    np.cumsum(src < s0, out=below[1:])
-    lo = starts + below[ends] - below[starts]
-    np.cumsum(src < s1, out=below[1:])
-    hi = starts + below[ends] - below[starts]
-    return lo, hi
-
-
 def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                      bounds: Sequence[int],
                      read_own: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
@@ -284,12 +272,16 @@ def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.nd
         ends = np.clip(cum[r0 + 1:r1 + 1] - q0, 0, q1 - q0)
         pieces.append((q0, q1, r0, r1, starts, ends))
     logits = np.empty((min(max_edges, total), H), np.float32)
+    # each piece's cursor: where its rows' edges from the next source block start (blocks
+    # come in ascending node order and every row is ascending)
+    cursors = [starts.copy() for _, _, _, _, starts, _ in pieces]
     for s0, s1 in zip(bounds[:-1], bounds[1:]):
         h_blk, a_blk = (gatkernel.kernel_array(p) for p in read_block(int(s0), int(s1)))
         local = targets - s0                        # a target's own id within the block
-        for q0, q1, r0, r1, starts, ends in pieces:
+        for (q0, q1, r0, r1, starts, ends), lo in zip(pieces, cursors):
             src = src_all[q0:q1]
-            lo, hi = _sub_ranges(src, starts, ends, s0, s1)
+            hi = np.empty_like(lo)
+            gatkernel.advance(src, lo, ends, int(s1), hi)
             if not np.any(hi > lo):
                 continue
             # edges from outside the block lie outside every [lo, hi): clipped, they are
@@ -297,6 +289,7 @@ def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.nd
             loc = np.clip(src - s0, 0, s1 - s0 - 1).astype(src.dtype, copy=False)
             gatkernel.accumulate(h_blk, a_blk, local[r0:r1], loc, lo, hi, a_dst[r0:r1],
                                  slope, m[r0:r1], s[r0:r1], acc[r0:r1], logits)
+            lo[:] = hi
         del h_blk, a_blk, local
     del src_all, pieces
     for j, (c0, c1) in enumerate(zip(cuts[:-1], cuts[1:])):
