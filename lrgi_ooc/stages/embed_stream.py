@@ -92,21 +92,21 @@ def output_chunk_rows(num_nodes: int, num_edges: int, dim: int, heads: int, feat
                       max_edges: int, limit: int, tasks: int,
                       source_blocks: int | None, table_itemsize: int = 4) -> int | None:
     """Rows per output chunk for a new table: None (the store's default, about 32 MB) unless
-    the run streams and the default chunk's fixed part and state would take more than half
-    of a task's share of the budget; then the largest multiple of MIN_CHUNK_ROWS within it."""
+    the run streams and one default chunk's state, edge ids and float32 output would take more
+    than a quarter of a task's share of the budget; then the largest multiple of
+    MIN_CHUNK_ROWS within it. (The finish and the edge piece do not grow with the chunk:
+    smaller chunks would not shrink them, only multiply the files.)"""
     default = chunk_rows_for(num_nodes, dim * table_itemsize)
     if source_blocks is None and fits_in_memory(num_nodes, dim, heads, feat, default,
                                                  min(max_edges, num_edges), limit, tasks,
                                                  table_itemsize):
         return None
-    half = limit // (2 * tasks)
+    quarter = limit // (4 * tasks)
     deg = num_edges / max(num_nodes, 1)
-    per_row = lean_row_bytes(dim, heads) + 8 * deg + 4 * dim
-    piece = edge_piece_bytes(min(max_edges, num_edges), heads)
-    finish = min(default, FINISH_ROWS) * state_row_bytes(dim, heads, feat)
-    if default * per_row + finish + piece <= half:
+    per_row = int(lean_row_bytes(dim, heads) + 8 * deg + 4 * dim)
+    if default * per_row <= quarter:
         return None
-    rows = max(0, half - finish - piece) // per_row // MIN_CHUNK_ROWS * MIN_CHUNK_ROWS
+    rows = quarter // per_row // MIN_CHUNK_ROWS * MIN_CHUNK_ROWS
     return max(MIN_CHUNK_ROWS, int(rows))
 
 
