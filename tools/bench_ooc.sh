@@ -16,8 +16,20 @@ avail=${2:-0.9}
 mmap_limit=${3:-600}
 py=.venv/bin/python
 mkdir -p "$work"
-lock() {  # GB to lock so that about $avail GB stay available
-  $py -c "import re;m=int(re.search(r'MemAvailable:\s+(\d+)',open('/proc/meminfo').read())[1])*1024;print(f'{m/2**30-$avail:.2f}')"
+lock() {  # GB to lock so that about $avail GB stay available, once the last balloon is gone
+  $py - "$avail" <<'PY'
+import re, sys, time
+def avail():
+    return int(re.search(r"MemAvailable:\s+(\d+)", open("/proc/meminfo").read())[1]) * 1024
+a = avail()
+while True:                    # a balloon being released frees its memory over seconds
+    time.sleep(2)
+    b = avail()
+    if abs(b - a) < 100 << 20:
+        break
+    a = b
+print(f"{b / 2**30 - float(sys.argv[1]):.2f}")
+PY
 }
 export OMP_WAIT_POLICY=PASSIVE
 uptime
