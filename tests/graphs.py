@@ -1,12 +1,13 @@
 """Small stores for tests, built through the project's own store and CSR builder."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from lrgi_ooc.csr.build import build_csr
-from lrgi_ooc.store.layout import FEATURES, LABELS, GraphStore
+from lrgi_ooc.store.layout import FEATURES, LABELS, GraphStore, embeddings_key
 
 
 def random_edges(n: int, avg_deg: float, seed: int, hubs: int = 0) -> np.ndarray:
@@ -90,3 +91,15 @@ def downgrade_to_v2(path) -> None:
         doc["codecs"] = [c for c in doc["codecs"] if c["name"] != "crc32c"]
         meta.write_text(json.dumps(doc, indent=2))
     s.update_meta(format_version=2)
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """A store and its `.runs` directory (stage progress, checkpoints), side by side."""
+    shutil.copytree(src, dst)
+    shutil.copytree(Path(str(src) + ".runs"), Path(str(dst) + ".runs"))
+    return dst
+
+
+def table(path: Path, key: str = embeddings_key(1)) -> np.ndarray:
+    """A store array read whole (layer 1's table by default)."""
+    return np.array(GraphStore(path).mmap(key))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 import lrgi_ooc
 from conftest import REPO, cli_env, cli_popen, cli_run
-from graphs import make_store
+from graphs import copy_store, make_store, table
 from lrgi_ooc.cli.main import main
 from lrgi_ooc.stages.embed import embed_layer
 from lrgi_ooc.stages.embed_stream import group_fixed_bytes, lean_row_bytes, plan_embed
@@ -30,16 +29,6 @@ CHUNK = 4096
 EMB = embeddings_key(1)
 TOL = dict(rtol=1e-6, atol=1e-6)   # float32 summation order: the streamed path adds a
                                    # hub's edges block by block, rescaled in other places
-
-
-def copy_store(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    shutil.copytree(Path(str(src) + ".runs"), Path(str(dst) + ".runs"))
-    return dst
-
-
-def table(path: Path, key: str = EMB) -> np.ndarray:
-    return np.array(GraphStore(path).mmap(key))
 
 
 @pytest.fixture(scope="module")

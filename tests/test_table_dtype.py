@@ -3,7 +3,6 @@ float32; layer 2 trains from it, evaluate / export / zarr-python read it, bad va
 line."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import lrgi_ooc
-from graphs import make_store
+from graphs import copy_store, make_store, table
 from lrgi_ooc.cli.main import main
 from lrgi_ooc.nn import gatkernel
 from lrgi_ooc.nn.trained import load_block
@@ -23,16 +22,6 @@ SMALL = ["--dim", "16", "--heads", "2", "--batch-size", "64", "--fanout", "4,3"]
 N, CHUNK = 9000, 4096          # 3 output chunks, the last one partial
 EMB = embeddings_key(1)
 U = 2.0 ** -11                 # float16's unit roundoff (half an ulp, relative)
-
-
-def copy_store(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    shutil.copytree(Path(str(src) + ".runs"), Path(str(dst) + ".runs"))
-    return dst
-
-
-def table(path: Path, key: str = EMB) -> np.ndarray:
-    return np.array(GraphStore(path).mmap(key))
 
 
 @pytest.fixture(scope="module")
