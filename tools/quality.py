@@ -54,7 +54,7 @@ def untrained(store_path: Path, seed: int, layers: int, probe: dict[str, Any]) -
     from lrgi_ooc.stages.config import TrainConfig
     from lrgi_ooc.stages.embed import block_forward
     from lrgi_ooc.stages.evaluate import evaluate_store
-    from lrgi_ooc.stages.train import build_model
+    from lrgi_ooc.stages.train import build_model, uses_residual
     from lrgi_ooc.store.layout import GraphStore, embeddings_key
 
     s = GraphStore(store_path)
@@ -62,7 +62,7 @@ def untrained(store_path: Path, seed: int, layers: int, probe: dict[str, Any]) -
     x = np.asarray(s.table(0), dtype=np.float32)
     out = []
     for layer in range(1, layers + 1):
-        block = build_model(x.shape[1], cfg).block.eval()
+        block = build_model(x.shape[1], cfg, uses_residual(cfg, layer, x.shape[1])).block.eval()
         x = block_forward(block, x, s.indptr(), s.indices(), np.arange(s.num_nodes))
         key = embeddings_key(layer)
         s.create_array(key, x.shape, np.float32)

@@ -29,6 +29,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--inductive", action="store_true", default=None,
                    help="train on the subgraph induced by the training nodes")
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="layers >= 2: the table is H + f(H), the layer a correction of its "
+                        "input (default off: the paper's layer)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
 
@@ -81,8 +84,8 @@ def main_layer(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ train-e2e
 def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
-    for a in p._actions:                 # train's --layer does not apply: hide it
-        if "--layer" in a.option_strings:
+    for a in p._actions:                 # --layer and --residual do not apply: hide them
+        if "--layer" in a.option_strings or "--residual" in a.option_strings:
             a.required, a.help = False, argparse.SUPPRESS
     p.add_argument("--num-layers", type=int, required=True,
                    help="layers trained jointly (sampling [k_prop] * L + [k_conv])")
@@ -92,5 +95,7 @@ def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
 def main_train_e2e(args: argparse.Namespace) -> int:
     if args.layer is not None:
         raise InputError("--layer: train-e2e trains layers 1..--num-layers jointly")
+    if args.residual is not None:
+        raise InputError("--residual: applies to layer-wise training (`layer`, `train`)")
     call(api.train_e2e, args)
     return 0

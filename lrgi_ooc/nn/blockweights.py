@@ -28,6 +28,7 @@ class GATWeights:
     skip: np.ndarray         # [H * C, F]
     heads: int
     negative_slope: float = 0.2
+    residual: bool = False   # the output adds the input row (LRGIBlock's `residual`)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], heads: int,
@@ -44,7 +45,8 @@ class GATWeights:
     @classmethod
     def from_block(cls, block: Any) -> "GATWeights":
         return replace(cls.from_state(block.state_dict(), block.conv.heads),
-                       negative_slope=float(block.conv.negative_slope))
+                       negative_slope=float(block.conv.negative_slope),
+                       residual=bool(getattr(block, "residual", False)))
 
     def save(self, path: Path, **meta: int | bool) -> None:
         """Atomically, with small integer metadata (in_dim, dim, inductive, ...)."""

@@ -18,13 +18,17 @@ from lrgi_ooc.nn.attention import block_output
 
 
 class LRGIBlock(nn.Module):
-    """f(H)_i = ELU(GAT(H)_i + W_skip H_i)."""
+    """f(H)_i = ELU(GAT(H)_i + W_skip H_i), plus H_i itself with `residual` (deeper layers:
+    the layer then learns a correction of its input table, which it keeps; docs/cli.md)."""
 
-    def __init__(self, in_dim: int, dim: int, heads: int = 4):
+    def __init__(self, in_dim: int, dim: int, heads: int = 4, residual: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+        if residual and in_dim != dim:
+            raise ValueError(f"a residual block needs in_dim ({in_dim}) == dim ({dim})")
         self.in_dim, self.dim, self.heads = in_dim, dim, heads
+        self.residual = bool(residual)
         self.conv = GATConv(in_dim, dim // heads, heads=heads, concat=True, dropout=0.0,
                             add_self_loops=True, negative_slope=0.2)
         self.skip = nn.Linear(in_dim, dim, bias=False)
@@ -36,7 +40,10 @@ class LRGIBlock(nn.Module):
         the targets, so with num_targets = n this is the plain full-graph layer.
         """
         t = x.size(0) if num_targets is None else int(num_targets)
-        return block_output(self.conv, self.skip.weight, x, edge_index, t)
+        out = block_output(self.conv, self.skip.weight, x, edge_index, t)
+        if self.residual:
+            out = out + (x.to_dense() if x.layout != torch.strided else x)[:t].to(out.dtype)
+        return out
 
 
 def propagate(u: Tensor, prop_src: Tensor, prop_dst: Tensor, prop_weight: Tensor,
@@ -88,9 +95,10 @@ class Predictor(nn.Module):
 class LRGILayer(nn.Module):
     """One trainable layer: encoder block plus the two predictors (dropped after training)."""
 
-    def __init__(self, in_dim: int, dim: int, heads: int = 4, hid: int = 8):
+    def __init__(self, in_dim: int, dim: int, heads: int = 4, hid: int = 8,
+                 residual: bool = False):
         super().__init__()
-        self.block = LRGIBlock(in_dim, dim, heads)
+        self.block = LRGIBlock(in_dim, dim, heads, residual)
         self.h_phi = Predictor(dim, hid)     # u -> v
         self.h_psi = Predictor(dim, hid)     # v -> u
 

@@ -49,7 +49,7 @@ def write_weights(store: GraphStore, layer: int, w: GATWeights, conf: dict[str, 
     store.write_group_attrs(group, {
         "config": conf, "in_dim": int(in_dim), "dim": int(conf["dim"]), "heads": int(w.heads),
         "negative_slope": float(w.negative_slope), "inductive": bool(conf.get("inductive")),
-        "arrays": list(ARRAYS)})
+        "residual": bool(w.residual), "arrays": list(ARRAYS)})
 
 
 def save_layer(store: GraphStore, layer: int, conf: dict[str, Any], in_dim: int,
@@ -72,9 +72,12 @@ def load_block(store: GraphStore, layer: int) -> tuple[GATWeights, dict[str, Any
     a = _attrs(store, layer)
     arrays = {n: np.ascontiguousarray(store.read_small(weights_key(layer, n)), np.float32)
               for n in ARRAYS}
-    w = GATWeights(**arrays, heads=int(a["heads"]), negative_slope=float(a["negative_slope"]))
+    residual = bool(a.get("residual", False))      # absent: written before the option
+    w = GATWeights(**arrays, heads=int(a["heads"]), negative_slope=float(a["negative_slope"]),
+                   residual=residual)
     return w, {"in_dim": int(a["in_dim"]), "dim": int(a["dim"]), "heads": int(a["heads"]),
-               "inductive": int(bool(a["inductive"])), "config": a["config"]}
+               "inductive": int(bool(a["inductive"])), "residual": residual,
+               "config": a["config"]}
 
 
 def weights_stamp(store: GraphStore, layer: int) -> tuple[int, int]:
@@ -95,9 +98,11 @@ def state_dict(w: GATWeights) -> dict[str, Any]:
 
 
 def load_blob(store: GraphStore, layer: int) -> dict[str, Any]:
-    """Layer L as {"block": state dict, "config", "in_dim"} (torch only, no PyG)."""
+    """Layer L as {"block": state dict, "config", "in_dim", "residual"} (torch only, no
+    PyG)."""
     w, meta = load_block(store, layer)
-    return {"block": state_dict(w), "config": meta["config"], "in_dim": meta["in_dim"]}
+    return {"block": state_dict(w), "config": meta["config"], "in_dim": meta["in_dim"],
+            "residual": meta["residual"]}
 
 
 def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
@@ -105,7 +110,7 @@ def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
     blob = load_blob(store, layer)
     from lrgi_ooc.nn.model import LRGIBlock
     c = blob["config"]
-    block = LRGIBlock(blob["in_dim"], c["dim"], heads=c["heads"])
+    block = LRGIBlock(blob["in_dim"], c["dim"], heads=c["heads"], residual=blob["residual"])
     block.load_state_dict(blob["block"])
     block.eval()
     return block, blob

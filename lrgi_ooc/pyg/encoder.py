@@ -32,19 +32,24 @@ class LRGIEncoderLayer(nn.Module):
 
     Parameter names (`conv.*`, `skip.weight`) are those of the training block
     (`lrgi_ooc.nn.model.LRGIBlock`), so a trained block's state dict loads as is. GATConv
-    replaces existing self loops by one per node: the semantics of the stored tables."""
+    replaces existing self loops by one per node: the semantics of the stored tables. A
+    `residual` layer adds its input, f(H) + H (`--residual`)."""
 
-    def __init__(self, in_dim: int, dim: int, heads: int):
+    def __init__(self, in_dim: int, dim: int, heads: int, residual: bool = False):
         super().__init__()
         if dim % heads:
             raise InputError(f"layer width {dim} is not divisible by its {heads} heads")
+        if residual and in_dim != dim:
+            raise InputError(f"a residual layer needs equal widths, got {in_dim} -> {dim}")
         self.in_dim, self.dim, self.heads = int(in_dim), int(dim), int(heads)
+        self.residual = bool(residual)
         self.conv = GATConv(in_dim, dim // heads, heads=heads, concat=True, dropout=0.0,
                             add_self_loops=True, negative_slope=0.2)
         self.skip = nn.Linear(in_dim, dim, bias=False)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        return F.elu(self.conv(x, edge_index) + self.skip(x))
+        out = F.elu(self.conv(x, edge_index) + self.skip(x))
+        return out + x if self.residual else out
 
 
 class LRGIEncoder(nn.Module):
@@ -54,7 +59,8 @@ class LRGIEncoder(nn.Module):
     that encoder's `state_dict`, so a saved model needs no store to be loaded again."""
 
     def __init__(self, in_dim: int, dims: Sequence[int], heads: int | Sequence[int] = 4,
-                 layer_numbers: Sequence[int] | None = None):
+                 layer_numbers: Sequence[int] | None = None,
+                 residual: bool | Sequence[bool] = False):
         super().__init__()
         dims = [int(d) for d in dims]
         if not dims:
@@ -62,8 +68,12 @@ class LRGIEncoder(nn.Module):
         hs = [int(heads)] * len(dims) if isinstance(heads, int) else [int(h) for h in heads]
         if len(hs) != len(dims):
             raise InputError(f"{len(dims)} layer widths but {len(hs)} head counts")
+        res = ([bool(residual)] * len(dims) if isinstance(residual, bool)
+               else [bool(r) for r in residual])
+        if len(res) != len(dims):
+            raise InputError(f"{len(dims)} layer widths but {len(res)} residual flags")
         widths = [int(in_dim), *dims]
-        self.layers = nn.ModuleList(LRGIEncoderLayer(widths[i], widths[i + 1], hs[i])
+        self.layers = nn.ModuleList(LRGIEncoderLayer(widths[i], widths[i + 1], hs[i], res[i])
                                     for i in range(len(dims)))
         # which store layers these are (layer 1 reads the node features)
         self.layer_numbers = list(layer_numbers or range(1, len(dims) + 1))
@@ -132,7 +142,7 @@ def load_encoder(store: StoreLike, layers: Sequence[int] | int | None = None) ->
                              f"but layer {layer - 1} has width {prev.dim}; retrain layer "
                              f"{layer}")
     enc = LRGIEncoder(blocks[0].in_dim, [b.dim for b in blocks], [b.heads for b in blocks],
-                      numbers)
+                      numbers, [b.residual for b in blocks])
     for layer, block in zip(enc.layers, blocks):
         layer.load_state_dict(block.state_dict())
     return enc.eval().requires_grad_(False)

@@ -41,6 +41,7 @@ class TrainConfig:
     lambdas: tuple[float, float, float] = (25.0, 10.0, 1.0)
     hid: int = 8
     norm: str = "mean"
+    residual: bool = False         # layers >= 2: the table is H + f(H) (docs/cli.md)
     warmup: float = 0.05
     seed: int = 0
     inductive: bool = False
@@ -90,6 +91,8 @@ class TrainConfig:
         for k in ("checkpoint_every", "log_every", "device", "memory_limit", "row_reader",
                   "read_threads"):
             d.pop(k)
+        if not d["residual"]:       # the paper's layer: the hash of stores trained before
+            d.pop("residual")       # the option existed
         return d
 
 

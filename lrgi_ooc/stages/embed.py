@@ -95,7 +95,8 @@ def _contiguous(targets: np.ndarray) -> bool:
 def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.ndarray, indices: Any,
               targets: np.ndarray, x_targets: np.ndarray, max_edges: int = DEFAULT_MAX_EDGES,
               device: str = "cpu") -> np.ndarray:
-    """ELU(GATConv(x)[targets] + skip(x_targets)) from the projections (h, a_src) of all nodes.
+    """ELU(GATConv(x)[targets] + skip(x_targets)) from the projections (h, a_src) of all nodes,
+    plus x_targets for a residual block.
 
     Same semantics as PyG GATConv on the whole graph (existing self-loops replaced by one
     per node). Edges are read `max_edges` at a time and folded into a running softmax, so a
@@ -132,6 +133,8 @@ def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.nda
     skip = matmul_t(x_targets, w.skip, device)
     out = np.empty_like(acc)
     gatkernel.finish(s, acc, w.bias, skip, out)
+    if w.residual:
+        out += np.asarray(x_targets, dtype=np.float32)
     return out
 
 

@@ -296,6 +296,9 @@ def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.nd
         out = np.empty((c1 - c0, H * C), np.float32)
         for r0 in range(c0, c1, FINISH_ROWS):
             r1 = min(c1, r0 + FINISH_ROWS)
-            skip = matmul_t(read_x(r0, r1), w.skip, device)
+            x = read_x(r0, r1)
+            skip = matmul_t(x, w.skip, device)
             gatkernel.finish(s[r0:r1], acc[r0:r1], w.bias, skip, out[r0 - c0:r1 - c0])
+            if w.residual:
+                out[r0 - c0:r1 - c0] += np.asarray(x, dtype=np.float32)
         emit(j, out)

@@ -100,11 +100,17 @@ def _trim_metrics(path: Path, upto_step: int) -> None:
         os.replace(tmp, path)
 
 
-def build_model(in_dim: int, cfg: TrainConfig):
+def uses_residual(cfg: TrainConfig, layer: int, in_dim: int) -> bool:
+    """`residual` applies to layers fed by a previous layer's table of the same width; layer
+    1 reads the node features, and a change of width has nothing to add."""
+    return bool(cfg.residual) and layer >= 2 and in_dim == cfg.dim
+
+
+def build_model(in_dim: int, cfg: TrainConfig, residual: bool = False):
     import torch
     from lrgi_ooc.nn.model import LRGILayer
     torch.manual_seed(cfg.seed)
-    return LRGILayer(in_dim, cfg.dim, heads=cfg.heads, hid=cfg.hid)
+    return LRGILayer(in_dim, cfg.dim, heads=cfg.heads, hid=cfg.hid, residual=residual)
 
 
 def train_step(model, opt, tb, lambdas: tuple[float, float, float]) -> dict[str, float]:
@@ -215,7 +221,7 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     store.clear_stage(embed_stage(layer))
     run = store.run_dir(stage)
 
-    model = build_model(in_dim, cfg).to(device)
+    model = build_model(in_dim, cfg, uses_residual(cfg, layer, in_dim)).to(device)
     kind = choose_reader(cfg.row_reader, table.nbytes, parse_size(cfg.memory_limit))
     # sparse rows (bag-of-words): CSR batches, from a CSR copy of the table within a quarter
     # of the budget
