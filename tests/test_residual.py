@@ -1,6 +1,7 @@
-"""`--residual`: layer l >= 2 writes H + f(H). The training block, every embed path (in
-memory, streamed, Dask share the aggregate and stream kernels), `encode` and the PyG encoder
-give the same table, and the paper's layer (no residual) keeps its configuration hash."""
+"""`--residual`: layer l >= 2 is trained as the paper's layer f and writes H + f(H). Every
+embed path (in memory, streamed; Dask runs the same task functions), `encode` and the PyG
+encoder give the same table, and the paper's layer (no residual) keeps its configuration
+hash."""
 from __future__ import annotations
 
 import shutil
@@ -52,6 +53,19 @@ def test_table_is_the_input_plus_the_block_output(store):
     np.testing.assert_allclose(table(store, embeddings_key(2)), full, atol=1e-5)
     np.testing.assert_allclose(full - x.numpy(), plain, atol=1e-5)
     assert np.abs(plain).max() > 1e-3            # the correction is not nothing
+
+
+def test_weights_are_the_papers_layer(store, tmp_path):
+    """The loss sees f(H): the same seed trains the same weights with and without the
+    residual (one thread); only the table differs, by its input."""
+    plain = shutil.copytree(store, tmp_path / "p.zarr")
+    shutil.copytree(str(store) + ".runs", str(plain) + ".runs")
+    lrgi_ooc.layer(plain, layer=2, residual=False, **TRAIN)
+    a, b = load_block(GraphStore(store), 2)[0], load_block(GraphStore(plain), 2)[0]
+    for name in ("lin", "att_src", "att_dst", "bias", "skip"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_allclose(table(store, embeddings_key(2)) - table(store, embeddings_key(1)),
+                               table(plain, embeddings_key(2)), atol=1e-5)
 
 
 def test_streamed_embed_equals_in_memory(store, tmp_path):

@@ -18,8 +18,8 @@ from lrgi_ooc.nn.attention import block_output
 
 
 class LRGIBlock(nn.Module):
-    """f(H)_i = ELU(GAT(H)_i + W_skip H_i), plus H_i itself with `residual` (deeper layers:
-    the layer then learns a correction of its input table, which it keeps; docs/cli.md)."""
+    """f(H)_i = ELU(GAT(H)_i + W_skip H_i), plus H_i itself with `residual`: the function of
+    a `--residual` layer's table (training optimises the loss on f(H); docs/cli.md)."""
 
     def __init__(self, in_dim: int, dim: int, heads: int = 4, residual: bool = False):
         super().__init__()

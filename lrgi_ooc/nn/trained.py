@@ -9,6 +9,7 @@ weights.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,11 @@ def write_weights(store: GraphStore, layer: int, w: GATWeights, conf: dict[str, 
 
 
 def save_layer(store: GraphStore, layer: int, conf: dict[str, Any], in_dim: int,
-               block: Any) -> None:
-    """The frozen block of layer L, into the store (call before marking train/L complete)."""
-    write_weights(store, layer, GATWeights.from_block(block), conf, in_dim)
+               block: Any, residual: bool = False) -> None:
+    """The frozen block of layer L, into the store (call before marking train/L complete);
+    `residual`: its table is the input plus the block's output (`--residual`)."""
+    write_weights(store, layer, replace(GATWeights.from_block(block), residual=residual),
+                  conf, in_dim)
 
 
 def _attrs(store: GraphStore, layer: int) -> dict[str, Any]:

@@ -102,11 +102,13 @@ def _trim_metrics(path: Path, upto_step: int) -> None:
 
 def uses_residual(cfg: TrainConfig, layer: int, in_dim: int) -> bool:
     """`residual` applies to layers fed by a previous layer's table of the same width; layer
-    1 reads the node features, and a change of width has nothing to add."""
+    1 reads the node features, and a change of width has nothing to add. The layer trains as
+    the paper's (the loss sees f(H)); the residual enters when its table is written."""
     return bool(cfg.residual) and layer >= 2 and in_dim == cfg.dim
 
 
 def build_model(in_dim: int, cfg: TrainConfig, residual: bool = False):
+    """`residual`: the block's forward adds its input (inference: the tables' function)."""
     import torch
     from lrgi_ooc.nn.model import LRGILayer
     torch.manual_seed(cfg.seed)
@@ -221,7 +223,7 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
     store.clear_stage(embed_stage(layer))
     run = store.run_dir(stage)
 
-    model = build_model(in_dim, cfg, uses_residual(cfg, layer, in_dim)).to(device)
+    model = build_model(in_dim, cfg).to(device)
     kind = choose_reader(cfg.row_reader, table.nbytes, parse_size(cfg.memory_limit))
     # sparse rows (bag-of-words): CSR batches, from a CSR copy of the table within a quarter
     # of the budget
@@ -236,7 +238,7 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
         if rows is not None:
             rows.close()
     model.eval()
-    save_layer(store, layer, conf, in_dim, model.block)
+    save_layer(store, layer, conf, in_dim, model.block, uses_residual(cfg, layer, in_dim))
     store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2),
                      rows={"reader": "mmap"} if rows is None else
                      {"reader": "pread", **rows.stats()})
