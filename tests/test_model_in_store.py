@@ -114,7 +114,8 @@ def _gat_forward(x: torch.Tensor, edge_index: torch.Tensor, store: GraphStore,
         conv.att_src.copy_(torch.from_numpy(w.att_src).view(1, h, -1))
         conv.att_dst.copy_(torch.from_numpy(w.att_dst).view(1, h, -1))
         conv.bias.copy_(torch.from_numpy(w.bias))
-        return F.elu(conv(x, edge_index) + x @ torch.from_numpy(w.skip).T)
+        out = F.elu(conv(x, edge_index) + x @ torch.from_numpy(w.skip).T)
+        return out + x if meta["residual"] else out     # --residual (the default, layers >= 2)
 
 
 def test_encoding_another_graph_equals_a_pyg_gatconv_forward(trained, tmp_path):
@@ -125,7 +126,8 @@ def test_encoding_another_graph_equals_a_pyg_gatconv_forward(trained, tmp_path):
     indptr, indices = np.asarray(g.indptr()), np.asarray(g.indices())
     dst = np.repeat(np.arange(g.num_nodes), np.diff(indptr))
     ei = torch.from_numpy(np.stack([indices, dst]).astype(np.int64))
-    x = torch.from_numpy(np.asarray(g.table(0)))
+    x = torch.from_numpy(np.array(g.table(0)))
+    assert [load_block(GraphStore(s), layer)[1]["residual"] for layer in (1, 2)] == [False, True]
     for layer in (1, 2):
         x = _gat_forward(x, ei, GraphStore(s), layer)
         np.testing.assert_allclose(np.asarray(g.table(layer)), x.numpy(), atol=1e-5)

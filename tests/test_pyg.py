@@ -83,7 +83,9 @@ def test_encoder_reproduces_every_stored_table(trained):
         np.testing.assert_allclose(out.numpy(), np.asarray(trained.table(layer)),
                                    rtol=1e-5, atol=1e-5)
     assert torch.equal(enc(x, ei), outs[-1])
-    # a normal module: its state dict rebuilds it without the store, it moves and casts
+    # a normal module: its state dict rebuilds it without the store (the residual flags
+    # included), it moves and casts
+    assert [layer.residual for layer in enc.layers] == [False, True]
     again = LRGIEncoder(F_IN, [DIM, DIM], heads=HEADS)
     again.load_state_dict(enc.state_dict())
     assert torch.equal(again.eval()(x, ei), outs[-1])
@@ -118,6 +120,7 @@ def test_encoder_on_a_new_graph_equals_a_manual_gatconv_forward(trained):
         conv.load_state_dict(block.conv.state_dict())
         with torch.no_grad():
             want = F.elu(conv(h, ei) + h @ block.skip.weight.t())
+            want = want + h if block.residual else want      # layer 2: --residual
             np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
             # and the training block's own attention (an independent implementation)
             np.testing.assert_allclose(out.numpy(), block(h, ei).numpy(), atol=1e-5)

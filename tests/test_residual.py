@@ -97,10 +97,13 @@ def test_pyg_encoder_and_encode_reproduce_the_tables(store, tmp_path):
 
 
 def test_off_keeps_the_papers_hash_and_weights():
-    """Stores trained before the option existed keep their configuration hash."""
-    off = TrainConfig().result_fields()
-    assert "residual" not in off
-    assert TrainConfig(residual=True).result_fields()["residual"] is True
+    """Stores trained before the option existed keep their configuration hash (their
+    layer 1 always; their deeper layers under --no-residual)."""
+    assert "residual" not in TrainConfig(residual=False).result_fields(2)
+    on = TrainConfig(residual=True)
+    assert on.result_fields(2)["residual"] is True
+    assert "residual" not in on.result_fields(1)      # layer 1 has none
+    assert "residual" not in on.result_fields()       # nor train-e2e
 
 
 def test_a_change_of_width_has_no_residual(tmp_path):

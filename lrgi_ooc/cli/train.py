@@ -30,8 +30,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inductive", action="store_true", default=None,
                    help="train on the subgraph induced by the training nodes")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
-                   help="layers >= 2: the table is H + f(H), the layer a correction of its "
-                        "input (default off: the paper's layer)")
+                   help="layers >= 2: the table is H + f(H), f trained as the paper's layer "
+                        "(default on; --no-residual: the paper's table f(H))")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
 

@@ -144,7 +144,8 @@ def upgrade_v1(store: GraphStore) -> tuple[list[int], list[int]]:
         else:                        # e.g. a v1 store copied without its .runs directory
             lost.append(layer)
             continue
-        write_weights(store, layer, w, conf, in_dim)
+        residual = bool(conf.get("residual")) and layer >= 2 and in_dim == conf["dim"]
+        write_weights(store, layer, replace(w, residual=residual), conf, in_dim)
         moved.append(layer)
     for layer in lost:              # its table stays; `train` can rebuild the model
         store.clear_stage(train_stage(layer))

@@ -33,7 +33,8 @@ class LRGIEncoderLayer(nn.Module):
     Parameter names (`conv.*`, `skip.weight`) are those of the training block
     (`lrgi_ooc.nn.model.LRGIBlock`), so a trained block's state dict loads as is. GATConv
     replaces existing self loops by one per node: the semantics of the stored tables. A
-    `residual` layer adds its input, f(H) + H (`--residual`)."""
+    `residual` layer adds its input, f(H) + H (`--residual`); the flag is a buffer of the
+    state dict."""
 
     def __init__(self, in_dim: int, dim: int, heads: int, residual: bool = False):
         super().__init__()
@@ -42,10 +43,15 @@ class LRGIEncoderLayer(nn.Module):
         if residual and in_dim != dim:
             raise InputError(f"a residual layer needs equal widths, got {in_dim} -> {dim}")
         self.in_dim, self.dim, self.heads = int(in_dim), int(dim), int(heads)
-        self.residual = bool(residual)
+        # in the state dict: a saved encoder rebuilt by hand gets its layers' flags back
+        self.register_buffer("residual_flag", torch.tensor(bool(residual)))
         self.conv = GATConv(in_dim, dim // heads, heads=heads, concat=True, dropout=0.0,
                             add_self_loops=True, negative_slope=0.2)
         self.skip = nn.Linear(in_dim, dim, bias=False)
+
+    @property
+    def residual(self) -> bool:
+        return bool(self.residual_flag)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         out = F.elu(self.conv(x, edge_index) + self.skip(x))
@@ -144,7 +150,7 @@ def load_encoder(store: StoreLike, layers: Sequence[int] | int | None = None) ->
     enc = LRGIEncoder(blocks[0].in_dim, [b.dim for b in blocks], [b.heads for b in blocks],
                       numbers, [b.residual for b in blocks])
     for layer, block in zip(enc.layers, blocks):
-        layer.load_state_dict(block.state_dict())
+        layer.load_state_dict({**block.state_dict(), "residual_flag": layer.residual_flag})
     return enc.eval().requires_grad_(False)
 
 

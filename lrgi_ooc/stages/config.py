@@ -41,7 +41,7 @@ class TrainConfig:
     lambdas: tuple[float, float, float] = (25.0, 10.0, 1.0)
     hid: int = 8
     norm: str = "mean"
-    residual: bool = False         # layers >= 2: the table is H + f(H) (docs/cli.md)
+    residual: bool = True          # layers >= 2: the table is H + f(H) (docs/cli.md)
     warmup: float = 0.05
     seed: int = 0
     inductive: bool = False
@@ -84,15 +84,17 @@ class TrainConfig:
         parse_size(self.memory_limit, setting(source, "memory_limit"))
         return self
 
-    def result_fields(self) -> dict[str, Any]:
-        """The fields that change the trained weights (not logging or checkpoint cadence,
-        nor where the input rows come from: every reader returns the same rows)."""
+    def result_fields(self, layer: int = 0) -> dict[str, Any]:
+        """The fields that change layer `layer`'s weights or table (not logging or checkpoint
+        cadence, nor where the input rows come from: every reader returns the same rows).
+        `residual` only where it applies (layers >= 2; 0: `train-e2e`, which has none), so
+        layer 1 and the paper's layer keep the hash of stores trained before it existed."""
         d = dataclasses.asdict(self)
         for k in ("checkpoint_every", "log_every", "device", "memory_limit", "row_reader",
                   "read_threads"):
             d.pop(k)
-        if not d["residual"]:       # the paper's layer: the hash of stores trained before
-            d.pop("residual")       # the option existed
+        if not (d["residual"] and layer >= 2):
+            d.pop("residual")
         return d
 
 

@@ -55,7 +55,8 @@ def input_hash(store: GraphStore, layer: int) -> str:
 
 
 def stage_config(store: GraphStore, layer: int, cfg: TrainConfig) -> dict[str, Any]:
-    return {"layer": int(layer), "input": input_hash(store, layer), **cfg.result_fields()}
+    return {"layer": int(layer), "input": input_hash(store, layer),
+            **cfg.result_fields(layer)}
 
 
 def total_steps(cfg: TrainConfig, per_epoch: int) -> int:
