@@ -437,11 +437,14 @@ class InMemory:
         self.kind, self.source, self.chunk = kind, source, chunk
         self.budget = max(memory_limit // 8, 1 << 20)
         self.uniq: Col | None = None
+        self.entry_rank: np.ndarray | None = None
         self.input: Callable[[], Iterator[tuple[Col, Col]]] | None = None
 
     def collect(self, chunks: Callable[[], Iterator[tuple[Col, Col]]],
                 total: int | None) -> bool:
         """The distinct ids, or False (nothing kept) as soon as they outgrow the budget."""
+        if self.kind == idcols.STR:
+            return self._collect_strings(chunks, total)
         acc: list[Col] = []
         size = 0
         return_freed_memory()
@@ -460,6 +463,34 @@ class InMemory:
         self.uniq = idcols.unique_sorted(idcols.concat(acc, self.kind)) if acc else None
         if self.uniq is None or not idcols.length(self.uniq):
             raise InputError(f"{self.source}: the edge list is empty")
+        self.input = lambda: iter(idcols.load_blocks(raw, 2))
+        _release_arrow_memory()
+        return True
+
+    def _collect_strings(self, chunks: Callable[[], Iterator[tuple[Col, Col]]],
+                         total: int | None) -> bool:
+        """Strings: one hash dictionary for the whole pass (`store.strdict`), the raw file
+        keeps each endpoint's entry index, and the CSR build's read maps entries to ranks."""
+        from lrgi_ooc.store.strdict import StrDict, sorted_ranks
+        d = StrDict()
+        return_freed_memory()
+        raw = self.work / "raw.bin"
+        with bar(total, "remap: distinct ids", "edges") as pb, open(raw, "wb") as f:
+            for s, t in chunks():
+                try:
+                    pair = [d.add(s), d.add(t)]
+                except OverflowError:
+                    return False
+                if d.nbytes > self.budget:       # does not fit: the partitioned passes
+                    return False
+                idcols.save(f, pair)
+                pb.update(idcols.length(s))
+        if not len(d):
+            raise InputError(f"{self.source}: the edge list is empty")
+        strings = d.strings()
+        del d
+        self.uniq, self.entry_rank = sorted_ranks(strings)
+        del strings
         self.input = lambda: iter(idcols.load_blocks(raw, 2))
         _release_arrow_memory()
         return True
@@ -483,7 +514,10 @@ class InMemory:
             tmp = done.with_suffix(f".tmp-{os.getpid()}")
             with open(tmp, "wb") as f:
                 for s, d in self.input():
-                    pair = [idcols.rank(s, self.uniq), idcols.rank(d, self.uniq)]
+                    if self.entry_rank is not None:     # strings: entry indices
+                        pair = [self.entry_rank[s], self.entry_rank[d]]
+                    else:
+                        pair = [idcols.rank(s, self.uniq), idcols.rank(d, self.uniq)]
                     del s, d
                     idcols.save(f, pair)
                     for a in range(0, len(pair[0]), self.chunk):
