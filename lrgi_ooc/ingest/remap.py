@@ -424,10 +424,10 @@ IN_MEMORY = os.environ.get("LRGI_OOC_REMAP_IN_MEMORY", "1") != "0"
 
 
 class InMemory:
-    """The same remap when the distinct ids fit the budget (most graphs: 10 M int64 ids are
-    80 MB): one pass collects them (sorted, deduplicated block by block) and keeps the raw
-    pairs in one file; the CSR build's first read rewrites those through the sorted ids and
-    keeps the dense pairs for its second. Same dense ids, same store, no bucket files."""
+    """The same remap when the dictionary fits the budget (most graphs: 10 M int64 ids take
+    about 350 MB): one pass hashes every endpoint into the dictionary and keeps its entry
+    index in one file; the CSR build's first read maps those to dense ids and keeps the
+    dense pairs for its second. Same dense ids, same store, no bucket files."""
 
     def __init__(self, work: Path, kind: str, memory_limit: int, source: str,
                  chunk: int = 1 << 20):
@@ -442,37 +442,11 @@ class InMemory:
 
     def collect(self, chunks: Callable[[], Iterator[tuple[Col, Col]]],
                 total: int | None) -> bool:
-        """The distinct ids, or False (nothing kept) as soon as they outgrow the budget."""
-        if self.kind == idcols.STR:
-            return self._collect_strings(chunks, total)
-        acc: list[Col] = []
-        size = 0
-        return_freed_memory()
-        raw = self.work / "raw.bin"
-        with bar(total, "remap: distinct ids", "edges") as pb, open(raw, "wb") as f:
-            for s, d in chunks():
-                acc.append(idcols.distinct(idcols.concat([s, d], self.kind)))
-                idcols.save(f, [s, d])     # the CSR build reads these, not the input again
-                size += acc[-1].nbytes
-                if size > self.budget and len(acc) > 1:
-                    acc = [idcols.distinct(idcols.concat(acc, self.kind))]
-                    size = acc[0].nbytes
-                    if size > self.budget:     # does not fit: the partitioned passes
-                        return False
-                pb.update(idcols.length(s))
-        self.uniq = idcols.unique_sorted(idcols.concat(acc, self.kind)) if acc else None
-        if self.uniq is None or not idcols.length(self.uniq):
-            raise InputError(f"{self.source}: the edge list is empty")
-        self.input = lambda: iter(idcols.load_blocks(raw, 2))
-        _release_arrow_memory()
-        return True
-
-    def _collect_strings(self, chunks: Callable[[], Iterator[tuple[Col, Col]]],
-                         total: int | None) -> bool:
-        """Strings: one hash dictionary for the whole pass (`store.strdict`), the raw file
-        keeps each endpoint's entry index, and the CSR build's read maps entries to ranks."""
-        from lrgi_ooc.store.strdict import StrDict, sorted_ranks
-        d = StrDict()
+        """The distinct ids, or False (nothing kept) as soon as they outgrow the budget: one
+        hash dictionary for the whole pass (`store.iddict`), the raw file keeps each
+        endpoint's entry index, and the CSR build's read maps entries to ranks (a gather)."""
+        from lrgi_ooc.store import iddict
+        d = (iddict.StrDict if self.kind == idcols.STR else iddict.IntDict)(limit=self.budget)
         return_freed_memory()
         raw = self.work / "raw.bin"
         with bar(total, "remap: distinct ids", "edges") as pb, open(raw, "wb") as f:
@@ -487,10 +461,14 @@ class InMemory:
                 pb.update(idcols.length(s))
         if not len(d):
             raise InputError(f"{self.source}: the edge list is empty")
-        strings = d.strings()
-        del d
-        self.uniq, self.entry_rank = sorted_ranks(strings)
-        del strings
+        if self.kind == idcols.STR:
+            strings = d.strings()
+            del d
+            self.uniq, self.entry_rank = iddict.sorted_ranks(strings)
+        else:
+            keys = d.ids()
+            del d
+            self.uniq, self.entry_rank = iddict.sorted_int_ranks(keys)
         self.input = lambda: iter(idcols.load_blocks(raw, 2))
         _release_arrow_memory()
         return True
@@ -513,11 +491,8 @@ class InMemory:
                 return
             tmp = done.with_suffix(f".tmp-{os.getpid()}")
             with open(tmp, "wb") as f:
-                for s, d in self.input():
-                    if self.entry_rank is not None:     # strings: entry indices
-                        pair = [self.entry_rank[s], self.entry_rank[d]]
-                    else:
-                        pair = [idcols.rank(s, self.uniq), idcols.rank(d, self.uniq)]
+                for s, d in self.input():            # entry indices -> dense ids
+                    pair = [self.entry_rank[s], self.entry_rank[d]]
                     del s, d
                     idcols.save(f, pair)
                     for a in range(0, len(pair[0]), self.chunk):

@@ -1,4 +1,4 @@
-"""A growable hash dictionary of byte strings for the in-memory remap of string ids.
+"""Growable hash dictionaries of node ids (byte strings, int64) for the in-memory remap.
 
 Why: the block-wise path hashed and sorted every block to deduplicate it, then hashed and
 searched every endpoint again to rank it (100 M edges of 21-byte ids: 316 s, 17x the dense
@@ -6,7 +6,9 @@ preprocess). Here each endpoint is hashed and inserted once, and comes back as t
 its entry (first-seen order); one bytewise sort of the distinct strings then gives every entry
 its dense id, and rewriting the edges is a gather. Same dense ids as before (bytewise order
 of the distinct strings), so stores do not change. Open addressing with linear probing on the
-splitmix-mixed 64-bit hash, every match confirmed byte by byte.
+splitmix-mixed 64-bit hash, every match confirmed byte by byte. Integer ids get the same
+one pass (`IntDict`: 16-byte slots of key and entry, filled to 3/4): the block sorts of the
+collecting pass and the searched ranks of the CSR build's read become one probe an endpoint.
 """
 from __future__ import annotations
 
@@ -119,8 +121,9 @@ def _gather(ar, rec, offsets, data):
 class StrDict:
     """Distinct byte strings in first-seen order; `add` gives each string its entry index."""
 
-    def __init__(self, capacity: int = 1 << 16):
+    def __init__(self, capacity: int = 1 << 16, limit: int | None = None):
         cap = 1 << max(4, int(capacity - 1).bit_length())
+        self.limit = limit            # growing past it raises OverflowError (nothing kept)
         self.slots = np.zeros(2 * cap, np.uint64)
         self.ar = np.zeros(32 * cap, np.uint8)
         self._sink = np.zeros(1, np.uint64)
@@ -152,6 +155,9 @@ class StrDict:
     def _grow(self, need: int) -> None:
         if self.n + 1 >= _MAX_ENTRIES or self.m + _HEAD + need >= 1 << _START_BITS:
             raise OverflowError("the string dictionary outgrew its addressing")
+        more = 2 * self.slots.nbytes if 2 * (self.n + 1) > len(self.slots) else 0
+        if self.limit is not None and self.nbytes + more + need > self.limit:
+            raise OverflowError("the string dictionary outgrew its memory budget")
         if self.m + _HEAD + need > len(self.ar):
             ar = np.empty(max(2 * len(self.ar), self.m + _HEAD + need), np.uint8)
             ar[:self.m] = self.ar[:self.m]
@@ -179,6 +185,97 @@ class StrDict:
         data = np.empty(int(offsets[-1]), np.uint8)
         _gather(self.ar, rec, offsets, data)
         return StrCol(offsets, data)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix(x):
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def _add_int(q, start, slots, keys, n, out, sink):
+    """Insert ids start.. of q; a slot is (key, entry + 1), 0 in the second word when empty.
+    Stops early when a new entry would pass the load factor 3/4 or the key array."""
+    cap = slots.shape[0]
+    mask = np.uint64(cap - 1)
+    last = q.shape[0] - 1
+    touch = np.int64(0)
+    for i in range(start, q.shape[0]):
+        touch += slots[np.int64(_mix(np.uint64(q[min(i + _AHEAD, last)])) & mask), 1]
+        k = q[i]
+        s = np.int64(_mix(np.uint64(k)) & mask)
+        while slots[s, 1] != 0 and slots[s, 0] != k:
+            s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+        if slots[s, 1] != 0:
+            out[i] = slots[s, 1] - 1
+            continue
+        if n >= keys.shape[0] or 4 * (n + 1) > 3 * cap:
+            sink[0] = touch                   # keeps the early loads
+            return i, n
+        slots[s, 0] = k
+        slots[s, 1] = n + 1
+        keys[n] = k
+        out[i] = n
+        n += 1
+    sink[0] = touch
+    return q.shape[0], n
+
+
+class IntDict:
+    """Distinct int64 ids in first-seen order; `add` gives each id its entry index."""
+
+    def __init__(self, capacity: int = 1 << 16, limit: int | None = None):
+        cap = 1 << max(4, int(capacity - 1).bit_length())
+        self.limit = limit            # growing past it raises OverflowError (nothing kept)
+        self.slots = np.zeros((cap, 2), np.int64)
+        self.keys = np.empty(cap, np.int64)
+        self._sink = np.zeros(1, np.int64)
+        self.n = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.slots.nbytes + 8 * self.n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, col: np.ndarray) -> np.ndarray:
+        q = np.ascontiguousarray(col, np.int64)
+        out = np.empty(len(q), np.int64)
+        i = 0
+        while i < len(q):
+            i, self.n = _add_int(q, i, self.slots, self.keys, self.n, out, self._sink)
+            if i < len(q):
+                self._grow()
+        return out
+
+    def _grow(self) -> None:
+        more = 2 * self.slots.nbytes if 4 * (self.n + 1) > 3 * len(self.slots) else 8 * self.n
+        if self.limit is not None and self.nbytes + more > self.limit:
+            raise OverflowError("the id dictionary outgrew its memory budget")
+        if self.n >= len(self.keys):
+            keys = np.empty(2 * len(self.keys), np.int64)
+            keys[:self.n] = self.keys[:self.n]
+            self.keys = keys
+        if 4 * (self.n + 1) > 3 * len(self.slots):
+            self.slots = np.zeros((2 * len(self.slots), 2), np.int64)
+            _add_int(self.keys[:self.n], 0, self.slots, np.empty(self.n, np.int64), 0,
+                     np.empty(self.n, np.int64), self._sink)
+
+    def ids(self) -> np.ndarray:
+        return self.keys[:self.n].copy()
+
+
+def sorted_int_ranks(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(`keys` ascending, the dense id of each key): `keys` holds no duplicates."""
+    order = np.argsort(keys, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    return keys[order], rank
 
 
 def sorted_ranks(col: StrCol) -> tuple[StrCol, np.ndarray]:
