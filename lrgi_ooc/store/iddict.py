@@ -39,7 +39,7 @@ def _put32(a, p, v):
 @njit(cache=True, nogil=True)
 def _add(qo, qd, qh, start, slots, ar, n, m, out, sink):
     """Insert strings start.. of (qo, qd); stops early when a new entry would not fit (the
-    arena, or the load factor 1/2) and returns (next string, entries, arena bytes). A probe
+    arena, or the load factor 3/4) and returns (next string, entries, arena bytes). A probe
     reads one slot (8 bytes: a 24-bit hash tag and the record's offset) and, when the tags
     agree, one arena record; two cache misses where separate arrays cost four."""
     mask = np.uint64(slots.shape[0] - 1)
@@ -74,7 +74,7 @@ def _add(qo, qd, qh, start, slots, ar, n, m, out, sink):
         if e >= 0:
             out[i] = e
             continue
-        if m + _HEAD + ln > ar.shape[0] or 2 * (n + 1) > slots.shape[0]:
+        if m + _HEAD + ln > ar.shape[0] or 4 * (n + 1) > 3 * slots.shape[0]:
             sink[0] = touch
             return i, n, m
         slots[s] = (tag << np.uint64(_START_BITS)) | np.uint64(m)
@@ -155,14 +155,14 @@ class StrDict:
     def _grow(self, need: int) -> None:
         if self.n + 1 >= _MAX_ENTRIES or self.m + _HEAD + need >= 1 << _START_BITS:
             raise OverflowError("the string dictionary outgrew its addressing")
-        more = 2 * self.slots.nbytes if 2 * (self.n + 1) > len(self.slots) else 0
+        more = 2 * self.slots.nbytes if 4 * (self.n + 1) > 3 * len(self.slots) else 0
         if self.limit is not None and self.nbytes + more + need > self.limit:
             raise OverflowError("the string dictionary outgrew its memory budget")
         if self.m + _HEAD + need > len(self.ar):
             ar = np.empty(max(2 * len(self.ar), self.m + _HEAD + need), np.uint8)
             ar[:self.m] = self.ar[:self.m]
             self.ar = ar
-        if 2 * (self.n + 1) > len(self.slots):
+        if 4 * (self.n + 1) > 3 * len(self.slots):
             strings = self.strings()
             hashes = np.empty(self.n, np.uint64)
             _hash_strings(strings.offsets, strings.data if len(strings.data)
