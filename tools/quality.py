@@ -16,8 +16,10 @@ call for (Tolokers: ROC-AUC). Prints one markdown table and writes JSON.
 
 `--layer-args` passes training options to every `lrgi-ooc layer` (a setting of the defaults
 sweep); `--probes lrgi` keeps only LRGI.md's probe (raw, each layer, the concatenation and
-the residual sum), the quick form a sweep uses. "sum L-1+L" probes H^(L-1) + H^L: what the
-last table would be with a residual from the previous one added at embed time.
+the residual sum), the quick form a sweep uses. "sum L-1+L" probes H^(L-1) + H^L: with
+`--no-residual`, what the last table would be with a residual from the previous one added at
+embed time; under the default `--residual` (H^L is already H^(L-1) + f(H^(L-1))) it weighs the
+previous table twice.
 
 `--table-dtype float16` stores the trained layers' tables as float16 (the untrained baseline
 stays float32); compare its JSON with a float32 run's (issue 12: within 0.3 points).
