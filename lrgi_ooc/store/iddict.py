@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from lrgi_ooc.store.idcols import StrCol
-from lrgi_ooc.store.idkernel import _hash_strings
+from lrgi_ooc.store.idkernel import _hash_strings, hash_bytes, mix64
 
 _MAX_ENTRIES = (1 << 31) - 1          # entry indices are 4 bytes in the arena
 _HEAD = 8                             # arena record: entry (4 bytes), length (4), bytes
@@ -90,19 +90,21 @@ def _add(qo, qd, qh, start, slots, ar, n, m, out, sink):
 
 
 @njit(cache=True, nogil=True)
-def _records(ar, n, m, offsets):
+def _records(ar, offsets):
     """Arena offset of every record, in entry order (the arena is written in that order)."""
     r = np.int64(_HEAD)
-    for e in range(n):
+    for e in range(offsets.shape[0]):
         offsets[e] = r
         r += _HEAD + _u32(ar, r + 4)
 
 
 @njit(cache=True, nogil=True)
-def _rehash(ar, rec, hashes, slots):
+def _rehash(ar, rec, slots):
+    """Re-insert every record, hashing its bytes in the arena (no copy of the strings)."""
     mask = np.uint64(slots.shape[0] - 1)
     for e in range(rec.shape[0]):
-        h = hashes[e]
+        r = rec[e] + _HEAD
+        h = hash_bytes(ar, r, r + _u32(ar, rec[e] + 4))
         s = np.int64(h & mask)
         while slots[s] != 0:
             s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
@@ -163,16 +165,12 @@ class StrDict:
             ar[:self.m] = self.ar[:self.m]
             self.ar = ar
         if 4 * (self.n + 1) > 3 * len(self.slots):
-            strings = self.strings()
-            hashes = np.empty(self.n, np.uint64)
-            _hash_strings(strings.offsets, strings.data if len(strings.data)
-                          else np.zeros(1, np.uint8), hashes)
             self.slots = np.zeros(2 * len(self.slots), np.uint64)
-            _rehash(self.ar, self._rec(), hashes, self.slots)
+            _rehash(self.ar, self._rec(), self.slots)
 
     def _rec(self) -> np.ndarray:
         rec = np.empty(self.n, np.int64)
-        _records(self.ar, self.n, self.m, rec)
+        _records(self.ar, rec)
         return rec
 
     def strings(self) -> StrCol:
@@ -187,15 +185,6 @@ class StrDict:
         return StrCol(offsets, data)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _mix(x):
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 @njit(cache=True, nogil=True)
 def _add_int(q, start, slots, keys, n, out, sink):
     """Insert ids start.. of q; a slot is (key, entry + 1), 0 in the second word when empty.
@@ -205,9 +194,9 @@ def _add_int(q, start, slots, keys, n, out, sink):
     last = q.shape[0] - 1
     touch = np.int64(0)
     for i in range(start, q.shape[0]):
-        touch += slots[np.int64(_mix(np.uint64(q[min(i + _AHEAD, last)])) & mask), 1]
+        touch += slots[np.int64(mix64(np.uint64(q[min(i + _AHEAD, last)])) & mask), 1]
         k = q[i]
-        s = np.int64(_mix(np.uint64(k)) & mask)
+        s = np.int64(mix64(np.uint64(k)) & mask)
         while slots[s, 1] != 0 and slots[s, 0] != k:
             s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
         if slots[s, 1] != 0:
@@ -270,12 +259,16 @@ class IntDict:
         return self.keys[:self.n].copy()
 
 
+def _inverse(order: np.ndarray) -> np.ndarray:
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    return rank
+
+
 def sorted_int_ranks(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(`keys` ascending, the dense id of each key): `keys` holds no duplicates."""
     order = np.argsort(keys, kind="stable")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order), dtype=np.int64)
-    return keys[order], rank
+    return keys[order], _inverse(order)
 
 
 def sorted_ranks(col: StrCol) -> tuple[StrCol, np.ndarray]:
@@ -283,6 +276,4 @@ def sorted_ranks(col: StrCol) -> tuple[StrCol, np.ndarray]:
     dense id of a string is its position in that order. `col` holds no duplicates."""
     import pyarrow.compute as pc
     order = pc.sort_indices(col.to_arrow()).to_numpy().astype(np.int64)
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order), dtype=np.int64)
-    return col.take(order), rank
+    return col.take(order), _inverse(order)

@@ -65,19 +65,29 @@ def rank_int64(uniq: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def mix64(h):
+    """splitmix64's finaliser, so that sorted (or masked) hashes spread."""
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def hash_bytes(data, a, b):
+    """64-bit FNV-1a of data[a:b], mixed."""
+    h = np.uint64(14695981039346656037)
+    for j in range(a, b):
+        h = (h ^ np.uint64(data[j])) * np.uint64(1099511628211)
+    return mix64(h)
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _hash_strings(offsets, data, out):
-    """64-bit FNV-1a of every string, mixed (splitmix64) so that sorted hashes spread."""
     for i in prange(offsets.shape[0] - 1):
-        h = np.uint64(14695981039346656037)
-        for j in range(offsets[i], offsets[i + 1]):
-            h = (h ^ np.uint64(data[j])) * np.uint64(1099511628211)
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-        out[i] = h
+        out[i] = hash_bytes(data, offsets[i], offsets[i + 1])
 
 
 @njit(cache=True, parallel=True, nogil=True)
