@@ -1,9 +1,11 @@
-"""The string dictionary of the in-memory remap against a Python dict and np.unique."""
+"""The id dictionaries of the in-memory remap against a Python dict and np.unique."""
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from lrgi_ooc.store.idcols import StrCol
-from lrgi_ooc.store.iddict import StrDict, sorted_ranks
+from lrgi_ooc.store.iddict import (IntDict, StrDict, entry_ranks, gather, sorted_int_ranks,
+                                   sorted_ranks)
 
 
 def _col(strings):
@@ -17,24 +19,43 @@ def _random_strings(rng, n, distinct):
     return [pool[i] for i in rng.integers(0, len(pool), n)]
 
 
-def test_entries_are_first_seen_order_across_blocks_and_growth():
+def _dense(d, got, sort):
+    """Dense ids of every query through the dictionary's entries (what the remap writes)."""
+    distinct, entries = d.distinct()
+    _, rank = sort(distinct)
+    return gather(entry_ranks(d.span, entries, rank), got)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_string_entries_and_dense_ids_across_blocks_and_growth(shards):
     rng = np.random.default_rng(0)
     strings = _random_strings(rng, 300_000, 120_000)   # grows the table several times
-    d = StrDict(capacity=16)
+    d = StrDict(capacity=16, shards=shards)
     got = np.concatenate([d.add(_col(strings[a:a + 70_000]))
                           for a in range(0, len(strings), 70_000)])
+    assert got.dtype == np.int32
     ref: dict[bytes, int] = {}
-    expect = np.array([ref.setdefault(s, len(ref)) for s in strings])
-    np.testing.assert_array_equal(got, expect)
+    first = np.array([ref.setdefault(s, len(ref)) for s in strings])
     assert len(d) == len(ref)
-    ent = d.strings()
-    assert [ent.value(i) for i in range(len(ent))] == list(ref)
+    if shards == 1:                                     # one shard: first-seen order
+        np.testing.assert_array_equal(got, first)
+    distinct, entries = d.distinct()
+    by_entry = dict(zip(entries.tolist(), (distinct.value(i) for i in range(len(distinct)))))
+    assert sorted(by_entry.values()) == sorted(ref)     # each string once
+    assert [by_entry[e] for e in got[:2000].tolist()] == strings[:2000]
+    order = sorted(ref)
+    pos = {s: i for i, s in enumerate(order)}
+    np.testing.assert_array_equal(_dense(d, got, sorted_ranks), [pos[s] for s in strings])
 
 
 def test_prefixes_and_equal_lengths_are_told_apart():
     strings = [b"ab", b"abc", b"a", b"abd", b"ab", b"abc", b"b", b"a\x00", b"a"]
-    d = StrDict()
+    d = StrDict(shards=1)
     np.testing.assert_array_equal(d.add(_col(strings)), [0, 1, 2, 3, 0, 1, 4, 5, 2])
+    d = StrDict(shards=2)
+    got = d.add(_col(strings))
+    np.testing.assert_array_equal(_dense(d, got, sorted_ranks),
+                                  [sorted(set(strings)).index(s) for s in strings])
 
 
 def test_sorted_ranks_is_bytewise_order():
@@ -46,32 +67,36 @@ def test_sorted_ranks_is_bytewise_order():
     np.testing.assert_array_equal(rank, [order.index(s) for s in strings])
 
 
-def test_int_entries_are_first_seen_order_with_extreme_values():
-    from lrgi_ooc.store.iddict import IntDict, sorted_int_ranks
+@pytest.mark.parametrize("shards", [1, 2, 8])
+def test_int_entries_and_dense_ids_with_extreme_values(shards):
     rng = np.random.default_rng(2)
     pool = np.unique(np.concatenate([
         rng.integers(-2**63, 2**63 - 1, 90_000, dtype=np.int64),
         np.array([0, -1, 1, -2**63, 2**63 - 1, 2**63 - 2], np.int64)]))
     q = pool[rng.integers(0, len(pool), 250_000)]
-    d = IntDict(capacity=16)
+    d = IntDict(capacity=16, shards=shards)
     got = np.concatenate([d.add(q[a:a + 60_000]) for a in range(0, len(q), 60_000)])
     ref: dict[int, int] = {}
-    np.testing.assert_array_equal(got, [ref.setdefault(int(x), len(ref)) for x in q])
-    np.testing.assert_array_equal(d.ids(), list(ref))
-    keys, rank = sorted_int_ranks(d.ids())
+    first = [ref.setdefault(int(x), len(ref)) for x in q]
+    if shards == 1:
+        np.testing.assert_array_equal(got, first)
+    distinct, entries = d.distinct()
+    np.testing.assert_array_equal(np.sort(distinct), np.unique(q))
+    assert len(set(entries.tolist())) == len(entries) and entries.max() < d.span
+    table = np.full(d.span, 0, np.int64)
+    table[entries] = distinct
+    np.testing.assert_array_equal(table[got], q)                  # entries give the ids back
+    keys, rank = sorted_int_ranks(distinct)
     np.testing.assert_array_equal(keys, np.unique(q))
-    np.testing.assert_array_equal(keys[rank], d.ids())
+    np.testing.assert_array_equal(_dense(d, got, sorted_int_ranks), np.searchsorted(keys, q))
 
 
 def test_growth_past_the_limit_raises_before_allocating():
-    import pytest
-
-    from lrgi_ooc.store.iddict import IntDict
     d = IntDict(capacity=16, limit=1 << 16)
     with pytest.raises(OverflowError):
         d.add(np.arange(100_000, dtype=np.int64))
-    assert d.slots.nbytes <= 1 << 16
+    assert d.slots.nbytes + d.keys.nbytes <= 1 << 16
     s = StrDict(capacity=16, limit=1 << 16)
     with pytest.raises(OverflowError):
         s.add(_col([b"%d" % i for i in range(100_000)]))
-    assert s.slots.nbytes + len(s.ar) <= 1 << 17
+    assert s.slots.nbytes + int(s.m.sum()) <= 1 << 16

@@ -426,8 +426,8 @@ IN_MEMORY = os.environ.get("LRGI_OOC_REMAP_IN_MEMORY", "1") != "0"
 class InMemory:
     """The same remap when the dictionary fits the budget (most graphs: 10 M int64 ids take
     about 350 MB): one pass hashes every endpoint into the dictionary and keeps its entry
-    index in one file; the CSR build's first read maps those to dense ids and keeps the
-    dense pairs for its second. Same dense ids, same store, no bucket files."""
+    number in one file (4 bytes an endpoint); the CSR build's read maps those to dense ids by
+    a gather. Same dense ids, same store, no bucket files."""
 
     def __init__(self, work: Path, kind: str, memory_limit: int, source: str,
                  chunk: int = 1 << 20):
@@ -444,7 +444,7 @@ class InMemory:
                 total: int | None) -> bool:
         """The distinct ids, or False (nothing kept) as soon as they outgrow the budget: one
         hash dictionary for the whole pass (`store.iddict`), the raw file keeps each
-        endpoint's entry index, and the CSR build's read maps entries to ranks (a gather)."""
+        endpoint's entry number, and the CSR build's read maps entries to ranks (a gather)."""
         from lrgi_ooc.store import iddict
         d = (iddict.StrDict if self.kind == idcols.STR else iddict.IntDict)(limit=self.budget)
         return_freed_memory()
@@ -461,14 +461,15 @@ class InMemory:
                 pb.update(idcols.length(s))
         if not len(d):
             raise InputError(f"{self.source}: the edge list is empty")
+        span = d.span
+        distinct, entries = d.distinct()
+        del d
         if self.kind == idcols.STR:
-            strings = d.strings()
-            del d
-            self.uniq, self.entry_rank = iddict.sorted_ranks(strings)
+            self.uniq, rank = iddict.sorted_ranks(distinct)
         else:
-            keys = d.ids()
-            del d
-            self.uniq, self.entry_rank = iddict.sorted_int_ranks(keys)
+            self.uniq, rank = iddict.sorted_int_ranks(distinct)
+        del distinct
+        self.entry_rank = iddict.entry_ranks(span, entries, rank)
         self.input = lambda: iter(idcols.load_blocks(raw, 2))
         _release_arrow_memory()
         return True
@@ -481,24 +482,15 @@ class InMemory:
         yield self.uniq
 
     def chunks(self) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
-        done = self.work / "dense.bin"
+        """(dense src, dense dst) chunks: each read of the raw file gathers its entries' dense
+        ids again (cheaper than writing and rereading the dense pairs)."""
+        from lrgi_ooc.store import iddict
 
         def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            if done.exists():
-                for s, d in idcols.load_blocks(done, 2):
-                    for a in range(0, len(s), self.chunk):
-                        yield s[a:a + self.chunk], d[a:a + self.chunk]
-                return
-            tmp = done.with_suffix(f".tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                for s, d in self.input():            # entry indices -> dense ids
-                    pair = [self.entry_rank[s], self.entry_rank[d]]
-                    del s, d
-                    idcols.save(f, pair)
-                    for a in range(0, len(pair[0]), self.chunk):
-                        yield pair[0][a:a + self.chunk], pair[1][a:a + self.chunk]
-            os.replace(tmp, done)
-            (self.work / "raw.bin").unlink(missing_ok=True)
+            for s, d in self.input():
+                for a in range(0, len(s), self.chunk):
+                    yield (iddict.gather(self.entry_rank, s[a:a + self.chunk]),
+                           iddict.gather(self.entry_rank, d[a:a + self.chunk]))
         return gen
 
     def close(self) -> None:
