@@ -100,3 +100,20 @@ def test_growth_past_the_limit_raises_before_allocating():
     with pytest.raises(OverflowError):
         s.add(_col([b"%d" % i for i in range(100_000)]))
     assert s.slots.nbytes + int(s.m.sum()) <= 1 << 16
+
+
+def test_bytewise_order_of_prefixes_zero_bytes_and_long_shared_prefixes():
+    from lrgi_ooc.store.strsort import bytewise_order, take
+    rng = np.random.default_rng(3)
+    base = b"https://example.org/user/"               # 25 shared bytes: three words deep
+    strings = {b"", b"\x00", b"\x00\x00", b"a", b"a\x00", b"a\x00\x00\x00\x00\x00\x00\x00\x00",
+               b"abcdefgh", b"abcdefg", b"abcdefghi", b"abcdefgh\x00", b"\xff" * 9, b"\xff" * 8,
+               base, base + b"\x00", base[:-1]}
+    strings |= {base + rng.bytes(int(rng.integers(0, 12))) for _ in range(3000)}
+    strings |= {rng.bytes(int(rng.integers(0, 20))) for _ in range(3000)}
+    strings = list(strings)
+    col = _col(strings)
+    order = bytewise_order(col)
+    assert [strings[i] for i in order] == sorted(strings)
+    got = take(col, order)
+    assert [got.value(i) for i in range(len(got))] == sorted(strings)

@@ -29,6 +29,7 @@ import numpy as np
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.base.memory import return_freed_memory
 from lrgi_ooc.base.progress import bar
+from lrgi_ooc.base.readahead import read_ahead
 from lrgi_ooc.store import idcols
 from lrgi_ooc.store.idcols import INT, Col
 
@@ -450,7 +451,7 @@ class InMemory:
         return_freed_memory()
         raw = self.work / "raw.bin"
         with bar(total, "remap: distinct ids", "edges") as pb, open(raw, "wb") as f:
-            for s, t in chunks():
+            for s, t in read_ahead(chunks()):
                 try:
                     pair = [d.add(s), d.add(t)]
                 except OverflowError:

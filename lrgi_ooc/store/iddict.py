@@ -20,7 +20,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from lrgi_ooc.store.idcols import StrCol
-from lrgi_ooc.store.idkernel import _hash_strings, hash_bytes, mix64, prefetch
+from lrgi_ooc.store.idkernel import _hash_strings, hash_bytes, load64, mix64, prefetch
 
 _MAX_ENTRIES = (1 << 31) - 1          # entry numbers are int32 (the raw file is 4 B an id)
 _HEAD = 8                             # arena record: local entry (4 bytes), length (4), bytes
@@ -57,6 +57,21 @@ def _u32(a, p):
 def _put32(a, p, v):
     for k in range(4):
         a[p + k] = (v >> (8 * k)) & 255
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _same(a, p, b, q, ln):
+    """a[p:p + ln] == b[q:q + ln], 8 bytes at a time."""
+    k = 0
+    while k + 8 <= ln:
+        if load64(a, p + k) != load64(b, q + k):
+            return False
+        k += 8
+    while k < ln:
+        if a[p + k] != b[q + k]:
+            return False
+        k += 1
+    return True
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -100,15 +115,9 @@ def _add(qo, qd, qh, start, slots, ar, n, m, out, sbits):
                     break
                 if (v >> np.uint64(_START_BITS)) == tag:
                     r = np.int64(v & low)
-                    if _u32(a, r + 4) == ln:
-                        same = True
-                        for k in range(ln):
-                            if a[r + _HEAD + k] != qd[a0 + k]:
-                                same = False
-                                break
-                        if same:
-                            e = _u32(a, r)
-                            break
+                    if _u32(a, r + 4) == ln and _same(a, r + _HEAD, qd, a0, ln):
+                        e = _u32(a, r)
+                        break
                 s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
             if e < 0:
                 if mt + _HEAD + ln > a.shape[0] or 4 * (nt + 1) > 3 * sl.shape[0]:
@@ -138,19 +147,30 @@ def _records(ar, offsets):
 
 @njit(cache=True, parallel=True, nogil=True)
 def _rehash(ar, n, slots):
-    """Re-insert every record of every shard, hashing its bytes in the arena (no copy)."""
+    """Re-insert every record of every shard, hashing its bytes in the arena (no copy). The
+    records are read in order and hashed _AHEAD ahead of their insertion (a ring of hashes),
+    so that each slot can be prefetched."""
     mask = np.uint64(slots.shape[1] - 1)
     for t in prange(slots.shape[0]):
-        r = np.int64(_HEAD)
-        for _ in range(n[t]):
-            ln = _u32(ar[t], r + 4)
-            h = hash_bytes(ar[t], r + _HEAD, r + _HEAD + ln)
-            s = np.int64(h & mask)
-            while slots[t, s] != 0:
-                s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
-            slots[t, s] = ((h >> np.uint64(_START_BITS)) << np.uint64(_START_BITS)) \
-                | np.uint64(r)
-            r += _HEAD + ln
+        a = ar[t]
+        sl = slots[t]
+        ring_h = np.empty(_AHEAD, np.uint64)
+        ring_r = np.empty(_AHEAD, np.int64)
+        r = np.int64(_HEAD)                   # the next record to hash
+        for e in range(-_AHEAD, n[t]):
+            if e >= 0:
+                h, rec = ring_h[e % _AHEAD], ring_r[e % _AHEAD]
+                s = np.int64(h & mask)
+                while sl[s] != 0:
+                    s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+                sl[s] = ((h >> np.uint64(_START_BITS)) << np.uint64(_START_BITS)) \
+                    | np.uint64(rec)
+            if e + _AHEAD < n[t]:
+                ln = _u32(a, r + 4)
+                h = hash_bytes(a, r + _HEAD, r + _HEAD + ln)
+                ring_h[(e + _AHEAD) % _AHEAD], ring_r[(e + _AHEAD) % _AHEAD] = h, r
+                prefetch(sl, np.int64(h & mask))
+                r += _HEAD + ln
 
 
 @njit(cache=True, nogil=True)
@@ -296,7 +316,10 @@ def _add_int(q, qh, start, slots, keys, n, out, sbits):
 def _rehash_int(keys, n, slots):
     mask = np.uint64(slots.shape[1] - 1)
     for t in prange(slots.shape[0]):
+        ks = slots[t, :, 0]
         for e in range(n[t]):
+            if e + _AHEAD < n[t]:
+                prefetch(ks, np.int64(mix64(np.uint64(keys[t, e + _AHEAD])) & mask))
             k = keys[t, e]
             s = np.int64(mix64(np.uint64(k)) & mask)
             while slots[t, s, 1] != 0:
@@ -377,9 +400,9 @@ def sorted_int_ranks(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def sorted_ranks(col: StrCol) -> tuple[StrCol, np.ndarray]:
     """(the strings of `col` in bytewise order, the dense id of each string of `col`): the
     dense id of a string is its position in that order. `col` holds no duplicates."""
-    import pyarrow.compute as pc
-    order = pc.sort_indices(col.to_arrow()).to_numpy().astype(np.int64)
-    return col.take(order), _inverse(order)
+    from lrgi_ooc.store import strsort
+    order = strsort.bytewise_order(col)
+    return strsort.take(col, order), _inverse(order)
 
 
 def entry_ranks(span: int, entries: np.ndarray, rank: np.ndarray) -> np.ndarray:

@@ -93,6 +93,22 @@ def prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+@intrinsic
+def load64(typingctx, arr, idx):
+    """The 8 bytes of a uint8 array at idx as one little-endian uint64 (an unaligned load):
+    string comparisons a word at a time. The caller keeps idx + 8 within the array."""
+    sig = types.uint64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]],
+                                       wraparound=False)
+        i64 = ir.IntType(64)
+        return builder.load(builder.bitcast(ptr, i64.as_pointer()), align=1)
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def mix64(h):
     """splitmix64's finaliser, so that sorted (or masked) hashes spread."""
