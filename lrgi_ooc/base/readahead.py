@@ -15,29 +15,32 @@ T = TypeVar("T")
 _DONE = object()
 
 
+def put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` unless `stop` is set first (False then): a producer thread never blocks
+    on a consumer that has gone."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            pass
+    return False
+
+
 def read_ahead(source: Iterable[T], depth: int = 1) -> Iterator[T]:
     """The items of `source`, with up to `depth` of them read ahead."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                pass
-        return False
-
     def produce() -> None:
         it = iter(source)
         try:
             for item in it:
-                if not put((True, item)):
+                if not put(q, (True, item), stop):
                     return
-            put((True, _DONE))
+            put(q, (True, _DONE), stop)
         except BaseException as e:        # handed to the caller, raised there
-            put((False, e))
+            put(q, (False, e), stop)
         finally:
             close = getattr(it, "close", None)
             if close is not None:

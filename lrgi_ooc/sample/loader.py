@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from lrgi_ooc.base.readahead import put as _put
 from lrgi_ooc.sample.onehop import Batch, OneHopSampler
 
 if TYPE_CHECKING:
@@ -436,13 +437,3 @@ def _get(q: queue.Queue, stop: threading.Event):
         except queue.Empty:
             pass
     return None
-
-
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.05)
-            return True
-        except queue.Full:
-            pass
-    return False

@@ -68,6 +68,13 @@ def rank_int64(uniq: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return out
 
 
+def _element_pointer(context, builder, signature, args):
+    """LLVM pointer to arr[idx] (the intrinsics' first two arguments)."""
+    aty = signature.args[0]
+    ary = context.make_array(aty)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, aty, ary, [args[1]], wraparound=False)
+
+
 @intrinsic
 def prefetch(typingctx, arr, idx):
     """Ask the CPU to load arr[idx] into the cache without waiting for it (LLVM's prefetch):
@@ -77,10 +84,7 @@ def prefetch(typingctx, arr, idx):
     sig = types.void(arr, idx)
 
     def codegen(context, builder, signature, args):
-        aty = signature.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]],
-                                       wraparound=False)
+        ptr = _element_pointer(context, builder, signature, args)
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
@@ -100,10 +104,7 @@ def load64(typingctx, arr, idx):
     sig = types.uint64(arr, idx)
 
     def codegen(context, builder, signature, args):
-        aty = signature.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]],
-                                       wraparound=False)
+        ptr = _element_pointer(context, builder, signature, args)
         i64 = ir.IntType(64)
         return builder.load(builder.bitcast(ptr, i64.as_pointer()), align=1)
     return sig, codegen
