@@ -5,8 +5,9 @@ Writes three Parquet edge lists of the same topology (N nodes, E directed edges,
 endpoints): dense ids 0..N-1, random int64 ids (a pool of N distinct random 64-bit values),
 and string ids (`user-<16 hex digits>`, 21 bytes). Then runs the real CLI on each, in a fresh
 process (`python -m lrgi_ooc preprocess --edges ... --undirected --memory-limit M`), and
-prints wall seconds, input edges/s and peak RSS. The first call of each kind is not timed
-twice: run with --repeat to take the best of several.
+prints wall seconds, input edges/s and peak RSS. `--repeat R` runs R rounds, each of every
+kind in turn, and reports the best wall time and each round's ratio to its own dense run (on
+this VM, runs minutes apart differ by up to 2x).
 
     .venv/bin/python tools/bench_remap.py --work /tmp/bench_remap --edges 100000000 \\
         --nodes 10000000 --memory-limit 4GB
@@ -97,19 +98,32 @@ def main() -> None:
     inputs = write_inputs(a.work, a.nodes, a.edges, a.seed)
     print(f"inputs ready ({time.time() - t0:.0f} s): "
           + ", ".join(f"{k} {p.stat().st_size / 2**30:.2f} GiB" for k, p in inputs.items()))
-    print("| ids | wall (s) | input edges/s | peak RSS (MiB) | vs dense |")
-    print("|---|---|---|---|---|")
-    dense = None
-    for kind in a.kinds.split(","):
-        best = min(run(inputs[kind], a.work / f"{kind}.zarr", a.memory_limit,
-                       a.partitioned and kind != "dense") for _ in range(a.repeat))
-        wall, rss = best
-        dense = wall if kind == "dense" else dense
-        ratio = f"{wall / dense:.2f}x" if dense else ""
-        print(f"| {kind} | {wall:.1f} | {a.edges / wall / 1e6:.2f} M | {rss:.0f} | {ratio} |",
+    kinds = a.kinds.split(",")
+    # rounds interleave the kinds, so that a VM's slow minutes hit every kind alike; each
+    # round's ratios are to that round's dense run
+    walls: dict[str, list[float]] = {k: [] for k in kinds}
+    rss: dict[str, float] = {}
+    for r in range(a.repeat):
+        for kind in kinds:
+            wall, peak = run(inputs[kind], a.work / f"{kind}.zarr", a.memory_limit,
+                             a.partitioned and kind != "dense")
+            walls[kind].append(wall)
+            rss[kind] = max(rss.get(kind, 0.0), peak)
+            shutil.rmtree(a.work / f"{kind}.zarr", ignore_errors=True)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {walls[k][-1]:.1f} s" for k in kinds),
               flush=True)
-        shutil.rmtree(a.work / f"{kind}.zarr", ignore_errors=True)
-
+    print("| ids | wall (s), best | input edges/s | peak RSS (MiB) | vs dense, best | "
+          "vs dense, per round |")
+    print("|---|---|---|---|---|---|")
+    dense = walls.get("dense")
+    for kind in kinds:
+        best = min(walls[kind])
+        ratio = per = ""
+        if dense:
+            ratio = f"{best / min(dense):.2f}x"
+            per = " / ".join(f"{w / d:.2f}x" for w, d in zip(walls[kind], dense))
+        print(f"| {kind} | {best:.1f} | {a.edges / best / 1e6:.2f} M | {rss[kind]:.0f} | "
+              f"{ratio} | {per} |", flush=True)
 
 if __name__ == "__main__":
     main()
