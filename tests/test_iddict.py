@@ -117,3 +117,16 @@ def test_bytewise_order_of_prefixes_zero_bytes_and_long_shared_prefixes():
     assert [strings[i] for i in order] == sorted(strings)
     got = take(col, order)
     assert [got.value(i) for i in range(len(got))] == sorted(strings)
+
+
+def test_a_huge_budget_reserves_no_more_arena_than_the_machine_can_map():
+    import psutil
+
+    from lrgi_ooc.store.iddict import _reserve
+    total = psutil.virtual_memory().total
+    assert _reserve(1 << 60, 2) == total // 4
+    assert _reserve(1 << 20, 2) == 1 << 20
+    assert _reserve(None, 2) == 0
+    d = StrDict(limit=1 << 60)                   # must not raise MemoryError
+    assert d.ar.shape[1] <= total // (2 * d.shards)
+    np.testing.assert_array_equal(d.add(_col([b"x", b"y", b"x"])) >= 0, True)

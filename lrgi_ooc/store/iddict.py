@@ -188,6 +188,16 @@ def _entries(n: np.ndarray) -> np.ndarray:
                            for t, k in enumerate(n)]) if len(n) else np.zeros(0, np.int64)
 
 
+def _reserve(limit: int | None, shards: int) -> int:
+    """Bytes to reserve for each arena: the limit (pages are only mapped when written, so the
+    arena never has to be copied while it grows), but at most a fraction of the machine's
+    memory, which the kernel's overcommit check would refuse in one allocation."""
+    if not limit:
+        return 0
+    import psutil
+    return int(min(limit, psutil.virtual_memory().total // (2 * shards)))
+
+
 class StrDict:
     """Distinct byte strings; `add` gives each string its entry number."""
 
@@ -198,9 +208,8 @@ class StrDict:
         cap = 1 << max(4, int(-(-capacity // self.shards) - 1).bit_length())
         self.limit = limit            # growing past it raises OverflowError (nothing kept)
         self.slots = np.zeros((self.shards, 2 * cap), np.uint64)
-        # with a limit, each arena is reserved at the limit (pages are only mapped when
-        # written), so that it never has to be copied while it grows
-        self.ar = np.zeros((self.shards, max(32 * cap, limit or 0)), np.uint8)
+        self.ar = np.zeros((self.shards, max(32 * cap, _reserve(limit, self.shards))),
+                           np.uint8)
         self.n = np.zeros(self.shards, np.int64)
         self.m = np.full(self.shards, _HEAD, np.int64)   # offset 0 is "empty slot"
 
