@@ -130,3 +130,18 @@ def test_a_huge_budget_reserves_no_more_arena_than_the_machine_can_map():
     d = StrDict(limit=1 << 60)                   # must not raise MemoryError
     assert d.ar.shape[1] <= total // (2 * d.shards)
     np.testing.assert_array_equal(d.add(_col([b"x", b"y", b"x"])) >= 0, True)
+
+
+@pytest.mark.parametrize("typ", [pa.string(), pa.binary(), pa.large_string(), pa.large_binary()])
+def test_from_arrow_of_every_string_type_and_of_slices(typ):
+    values = [b"", b"a", b"user-00ff", b"\x00\x01", b"https://example.org/" * 3] * 50
+    arr = pa.array([v if "binary" in str(typ) else v.decode() for v in values], typ)
+    for a, b in [(0, len(values)), (3, 9), (100, 250), (7, 7)]:
+        col = StrCol.from_arrow(arr.slice(a, b - a))
+        assert col.offsets.dtype == np.int64 and col.offsets[0] == 0
+        assert [col.value(i) for i in range(len(col))] == values[a:b]
+        if b - a < len(values) // 2:               # a small slice owns its bytes
+            assert col.data.base is None
+    chunked = pa.chunked_array([arr.slice(0, 5), arr.slice(5, 5)])
+    col = StrCol.from_arrow(chunked)
+    assert [col.value(i) for i in range(len(col))] == values[:10]
