@@ -32,6 +32,12 @@ class StrCol:
     def nbytes(self) -> int:
         return int(self.offsets.nbytes + self.data.nbytes)
 
+    @property
+    def kernel_data(self) -> np.ndarray:
+        """The bytes as the compiled kernels take them: never a zero-length array (one zero
+        byte stands in for none)."""
+        return self.data if len(self.data) else np.zeros(1, np.uint8)
+
     def to_arrow(self) -> Any:
         import pyarrow as pa
         return pa.LargeBinaryArray.from_buffers(
@@ -181,7 +187,7 @@ def key(col: Col, depth: int) -> np.ndarray:
     lengths = np.diff(col.offsets)
     j = np.arange(SYMBOLS, dtype=np.int64) + SYMBOLS * depth
     shifts = (9 * (SYMBOLS - 1 - np.arange(SYMBOLS))).astype(np.uint64)
-    data = col.data if len(col.data) else np.zeros(1, np.uint8)
+    data = col.kernel_data
     for a in range(0, n, _SUB):
         b = min(a + _SUB, n)
         valid = j[None, :] < lengths[a:b, None]

@@ -10,7 +10,7 @@ every string match confirmed byte by byte.
 
 The probes are cache misses, so the table is split into one shard per thread by the hash's
 top bits: each thread scans the block and probes only its own shard (no locks, no shared
-writes), and the slot of the id 16 places on is loaded early so that its miss overlaps the
+writes), and the slot of the id 16 places on is prefetched so that its miss overlaps the
 current probe. Entry numbers interleave the shards (local * shards + shard); with one shard
 they are first-seen order. Measured: 40 M probes of 10 M int64 ids, 2.8 s -> 1.3 s.
 """
@@ -198,25 +198,16 @@ def _reserve(limit: int | None, shards: int) -> int:
     return int(min(limit, psutil.virtual_memory().total // (2 * shards)))
 
 
-class StrDict:
-    """Distinct byte strings; `add` gives each string its entry number."""
+class _Sharded:
+    """What both dictionaries share: shards, the budget, and the entry counts per shard."""
 
-    def __init__(self, capacity: int = 1 << 16, limit: int | None = None,
-                 shards: int | None = None):
+    def __init__(self, capacity: int, limit: int | None, shards: int | None):
         self.shards = shards or default_shards()
         self.sbits = self.shards.bit_length() - 1
-        cap = 1 << max(4, int(-(-capacity // self.shards) - 1).bit_length())
         self.limit = limit            # growing past it raises OverflowError (nothing kept)
-        self.slots = np.zeros((self.shards, 2 * cap), np.uint64)
-        self.ar = np.zeros((self.shards, max(32 * cap, _reserve(limit, self.shards))),
-                           np.uint8)
         self.n = np.zeros(self.shards, np.int64)
-        self.m = np.full(self.shards, _HEAD, np.int64)   # offset 0 is "empty slot"
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes in use (the unused tail of an arena is never touched)."""
-        return int(self.slots.nbytes + self.m.sum())
+        # slots per shard at the start: a power of two
+        self.cap0 = 1 << max(4, int(-(-capacity // self.shards) - 1).bit_length())
 
     def __len__(self) -> int:
         return int(self.n.sum())
@@ -226,12 +217,30 @@ class StrDict:
         """Entry numbers lie in [0, span)."""
         return int(self.n.max(initial=0)) * self.shards
 
+
+class StrDict(_Sharded):
+    """Distinct byte strings; `add` gives each string its entry number."""
+
+    def __init__(self, capacity: int = 1 << 16, limit: int | None = None,
+                 shards: int | None = None):
+        super().__init__(capacity, limit, shards)
+        cap = self.cap0
+        self.slots = np.zeros((self.shards, 2 * cap), np.uint64)
+        self.ar = np.zeros((self.shards, max(32 * cap, _reserve(limit, self.shards))),
+                           np.uint8)
+        self.m = np.full(self.shards, _HEAD, np.int64)   # offset 0 is "empty slot"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in use (the unused tail of an arena is never touched)."""
+        return int(self.slots.nbytes + self.m.sum())
+
     def add(self, col: StrCol) -> np.ndarray:
         """Entry number (int32) of every string of `col`, inserting the new ones."""
         q = len(col)
         out = np.empty(q, np.int32)
         h = np.empty(q, np.uint64)
-        data = col.data if len(col.data) else np.zeros(1, np.uint8)
+        data = col.kernel_data
         _hash_strings(col.offsets, data, h)
         start = np.zeros(self.shards, np.int64)
         while True:
@@ -337,30 +346,19 @@ def _rehash_int(keys, n, slots):
             slots[t, s, 1] = e + 1
 
 
-class IntDict:
+class IntDict(_Sharded):
     """Distinct int64 ids; `add` gives each id its entry number."""
 
     def __init__(self, capacity: int = 1 << 16, limit: int | None = None,
                  shards: int | None = None):
-        self.shards = shards or default_shards()
-        self.sbits = self.shards.bit_length() - 1
-        cap = 1 << max(4, int(-(-capacity // self.shards) - 1).bit_length())
-        self.limit = limit            # growing past it raises OverflowError (nothing kept)
+        super().__init__(capacity, limit, shards)
+        cap = self.cap0
         self.slots = np.zeros((self.shards, cap, 2), np.int64)
         self.keys = np.empty((self.shards, cap * 3 // 4 + 1), np.int64)
-        self.n = np.zeros(self.shards, np.int64)
 
     @property
     def nbytes(self) -> int:
         return int(self.slots.nbytes + 8 * self.n.sum())
-
-    def __len__(self) -> int:
-        return int(self.n.sum())
-
-    @property
-    def span(self) -> int:
-        """Entry numbers lie in [0, span)."""
-        return int(self.n.max(initial=0)) * self.shards
 
     def add(self, col: np.ndarray) -> np.ndarray:
         """Entry number (int32) of every id of `col`, inserting the new ones."""

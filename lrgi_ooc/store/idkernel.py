@@ -162,26 +162,24 @@ def rank_strings(uniq, col) -> tuple[np.ndarray, np.ndarray]:
         _, order, hashes = _STR_LAST[0]
     else:
         h = np.empty(len(uniq.offsets) - 1, np.uint64)
-        _hash_strings(uniq.offsets, uniq.data if len(uniq.data) else np.zeros(1, np.uint8), h)
+        _hash_strings(uniq.offsets, uniq.kernel_data, h)
         order = np.argsort(h, kind="stable")
         hashes = h[order].view(np.int64) ^ np.int64(-2**63)     # as sorted signed keys
         _STR_LAST[:] = [(uniq, order, hashes)]
     q = np.empty(len(col.offsets) - 1, np.uint64)
-    _hash_strings(col.offsets, col.data if len(col.data) else np.zeros(1, np.uint8), q)
+    _hash_strings(col.offsets, col.kernel_data, q)
     pos = rank_int64(hashes, q.view(np.int64) ^ np.int64(-2**63))
     pos = np.minimum(pos, len(order) - 1)
     rank = order[pos]
     ok = np.empty(len(rank), np.bool_)
-    _same_strings(col.offsets, col.data if len(col.data) else np.zeros(1, np.uint8),
-                  uniq.offsets, uniq.data if len(uniq.data) else np.zeros(1, np.uint8),
-                  rank, ok)
+    _same_strings(col.offsets, col.kernel_data, uniq.offsets, uniq.kernel_data, rank, ok)
     return rank, ok
 
 
 def distinct_strings(col):
     """Indices of one representative of every distinct string of `col` (by 64-bit hash,
     confirmed byte by byte), or None when two different strings share a hash."""
-    data = col.data if len(col.data) else np.zeros(1, np.uint8)
+    data = col.kernel_data
     h = np.empty(len(col.offsets) - 1, np.uint64)
     _hash_strings(col.offsets, data, h)
     order = np.argsort(h)

@@ -97,7 +97,7 @@ def bytewise_order(col: StrCol) -> np.ndarray:
     """The permutation that puts the strings of `col` in bytewise order (int64); ties keep
     no particular order, so `col` should hold distinct strings."""
     n = len(col)
-    data = col.data if len(col.data) else np.zeros(1, np.uint8)
+    data = col.kernel_data
     first = np.empty(n, np.uint64)
     _first_words(col.offsets, data, first)
     order = np.argsort(first, kind="stable").astype(np.int64)
@@ -116,6 +116,5 @@ def take(col: StrCol, order: np.ndarray) -> StrCol:
     off = np.zeros(len(order) + 1, np.int64)
     np.cumsum(lengths, out=off[1:])
     out = np.empty(int(off[-1]), np.uint8)
-    _take(col.offsets, col.data if len(col.data) else np.zeros(1, np.uint8),
-          np.ascontiguousarray(order, np.int64), off, out)
+    _take(col.offsets, col.kernel_data, np.ascontiguousarray(order, np.int64), off, out)
     return StrCol(off, out)
