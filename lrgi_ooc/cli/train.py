@@ -26,6 +26,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hid", type=int, help="predictor hidden width factor (default 8)")
     p.add_argument("--norm", choices=["mean", "sym"])
     p.add_argument("--warmup", type=float, help="warm-up fraction of the steps")
+    p.add_argument("--input-dropout", type=float,
+                   help="training only: drop this fraction of the input entries (default 0)")
     p.add_argument("--seed", type=int)
     p.add_argument("--inductive", action="store_true", default=None,
                    help="train on the subgraph induced by the training nodes")

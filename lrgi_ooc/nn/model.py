@@ -92,20 +92,38 @@ class Predictor(nn.Module):
         return self.net(z)
 
 
+def drop_input(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout of the input rows, dense or CSR (a CSR batch keeps its structure:
+    dropped entries become stored zeros, so the sparse kernels still take it)."""
+    if p <= 0:
+        return x
+    if x.layout == torch.sparse_csr:
+        vals = x.values()
+        keep = (torch.rand(vals.shape, device=vals.device) >= p).to(vals.dtype)
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(),
+                                       vals * keep / (1.0 - p), x.size())
+    return F.dropout(x, p, True)
+
+
 class LRGILayer(nn.Module):
-    """One trainable layer: encoder block plus the two predictors (dropped after training)."""
+    """One trainable layer: encoder block plus the two predictors (dropped after training).
+
+    `input_dropout` drops input entries while training only (RGI's transductive setting);
+    the frozen block embeds without it."""
 
     def __init__(self, in_dim: int, dim: int, heads: int = 4, hid: int = 8,
-                 residual: bool = False):
+                 residual: bool = False, input_dropout: float = 0.0):
         super().__init__()
         self.block = LRGIBlock(in_dim, dim, heads, residual)
         self.h_phi = Predictor(dim, hid)     # u -> v
         self.h_psi = Predictor(dim, hid)     # v -> u
+        self.input_dropout = float(input_dropout)
 
     def forward(self, tb: Any) -> tuple[Tensor, Tensor]:
         """(u, v) of the seeds, [B, D] each. `tb`: any batch with the fields of
         `sample.loader.TensorBatch` (the model does not import the sampler)."""
-        u = self.block(tb.x, tb.conv_edge_index, tb.num_targets)
+        x = drop_input(tb.x, self.input_dropout) if self.training else tb.x
+        u = self.block(x, tb.conv_edge_index, tb.num_targets)
         v = propagate(u, tb.prop_src, tb.prop_dst, tb.prop_weight, tb.num_seeds)
         return u[:tb.num_seeds], v
 

@@ -42,6 +42,7 @@ class TrainConfig:
     hid: int = 8
     norm: str = "mean"
     residual: bool = True          # layers >= 2: the table is H + f(H) (docs/cli.md)
+    input_dropout: float = 0.0     # training only: dropout of the layer's input entries
     warmup: float = 0.05
     seed: int = 0
     inductive: bool = False
@@ -73,6 +74,8 @@ class TrainConfig:
             raise bad("lr", "must be positive")
         if self.weight_decay < 0:
             raise bad("weight_decay", "must be >= 0")
+        if not 0 <= self.input_dropout < 1:
+            raise bad("input_dropout", "must be a fraction in [0, 1)")
         if not 0 <= self.warmup < 1:
             raise bad("warmup", "must be a fraction in [0, 1)")
         if self.norm not in ("mean", "sym"):
@@ -88,13 +91,16 @@ class TrainConfig:
         """The fields that change layer `layer`'s weights or table (not logging or checkpoint
         cadence, nor where the input rows come from: every reader returns the same rows).
         `residual` only where it applies (layers >= 2; 0: `train-e2e`, which has none), so
-        layer 1 and the paper's layer keep the hash of stores trained before it existed."""
+        layer 1 and the paper's layer keep the hash of stores trained before it existed;
+        `input_dropout` only when not 0, for the same reason."""
         d = dataclasses.asdict(self)
         for k in ("checkpoint_every", "log_every", "device", "memory_limit", "row_reader",
                   "read_threads"):
             d.pop(k)
         if not (d["residual"] and layer >= 2):
             d.pop("residual")
+        if not d["input_dropout"]:
+            d.pop("input_dropout")
         return d
 
 

@@ -118,7 +118,8 @@ def build_model(in_dim: int, cfg: TrainConfig, residual: bool = False):
     import torch
     from lrgi_ooc.nn.model import LRGILayer
     torch.manual_seed(cfg.seed)
-    return LRGILayer(in_dim, cfg.dim, heads=cfg.heads, hid=cfg.hid, residual=residual)
+    return LRGILayer(in_dim, cfg.dim, heads=cfg.heads, hid=cfg.hid, residual=residual,
+                     input_dropout=cfg.input_dropout)
 
 
 def train_step(model, opt, tb, lambdas: tuple[float, float, float]) -> dict[str, float]:
