@@ -86,8 +86,8 @@ def main_layer(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ train-e2e
 def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
-    for a in p._actions:                 # --layer and --residual do not apply: hide them
-        if "--layer" in a.option_strings or "--residual" in a.option_strings:
+    for a in p._actions:        # --layer, --residual, --input-dropout do not apply: hide them
+        if {"--layer", "--residual", "--input-dropout"} & set(a.option_strings):
             a.required, a.help = False, argparse.SUPPRESS
     p.add_argument("--num-layers", type=int, required=True,
                    help="layers trained jointly (sampling [k_prop] * L + [k_conv])")
@@ -99,5 +99,7 @@ def main_train_e2e(args: argparse.Namespace) -> int:
         raise InputError("--layer: train-e2e trains layers 1..--num-layers jointly")
     if args.residual is not None:
         raise InputError("--residual: applies to layer-wise training (`layer`, `train`)")
+    if args.input_dropout is not None:
+        raise InputError("--input-dropout: applies to layer-wise training (`layer`, `train`)")
     call(api.train_e2e, args)
     return 0

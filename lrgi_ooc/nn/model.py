@@ -101,7 +101,8 @@ def drop_input(x: Tensor, p: float) -> Tensor:
         vals = x.values()
         keep = (torch.rand(vals.shape, device=vals.device) >= p).to(vals.dtype)
         return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(),
-                                       vals * keep / (1.0 - p), x.size())
+                                       vals * keep / (1.0 - p), x.size(),
+                                       check_invariants=False)
     return F.dropout(x, p, True)
 
 
