@@ -111,3 +111,11 @@ def test_train_e2e_refuses_it(tmp_path, capsys):
     s = make_store(tmp_path / "e.zarr", n=200, avg_deg=4, feat=8, seed=1).path
     assert main(["train-e2e", str(s), "--num-layers", "2", "--input-dropout", "0.2"]) == 2
     assert "--input-dropout" in capsys.readouterr().err
+
+
+def test_train_e2e_refuses_it_from_a_config_file(tmp_path, capsys):
+    s = make_store(tmp_path / "c.zarr", n=200, avg_deg=4, feat=8, seed=1).path
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\ninput_dropout = 0.2\n")
+    assert main(["train-e2e", str(s), "--num-layers", "2", "--config", str(cfg)]) == 2
+    assert "input_dropout" in capsys.readouterr().err

@@ -136,6 +136,8 @@ def train_e2e(store_path: str | Path, num_layers: int, cfg: TrainConfig,
     store = GraphStore(store_path)
     if num_layers < 1:
         raise InputError(f"--num-layers: must be >= 1, got {num_layers}")
+    if cfg.input_dropout:       # from a config file (the flag is refused by the CLI)
+        raise InputError("input_dropout: applies to layer-wise training (`layer`, `train`)")
     if not store.has(store.table_key(0)):
         raise InputError(f"{store.path}: store has no node features to train on")
     conf = e2e_config(store, num_layers, cfg)
