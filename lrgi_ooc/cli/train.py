@@ -22,7 +22,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="step budget (instead of --epochs)")
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lambdas", help="lambda1,lambda2,lambda3 (default 25,10,1)")
+    p.add_argument("--lambdas", help="lambda1,lambda2,lambda3 (default 25,15,1; the paper: 25,10,1)")
     p.add_argument("--hid", type=int, help="predictor hidden width factor (default 8)")
     p.add_argument("--norm", choices=["mean", "sym"])
     p.add_argument("--warmup", type=float, help="warm-up fraction of the steps")

@@ -38,7 +38,7 @@ class TrainConfig:
     steps: typing.Optional[int] = None
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    lambdas: tuple[float, float, float] = (25.0, 10.0, 1.0)
+    lambdas: tuple[float, float, float] = (25.0, 15.0, 1.0)
     hid: int = 8
     norm: str = "mean"
     residual: bool = True          # layers >= 2: the table is H + f(H) (docs/cli.md)
