@@ -27,8 +27,10 @@ SMALL = ["--dim", "16", "--heads", "2", "--batch-size", "64", "--fanout", "4,3"]
 N = 20000                      # 5 output chunks of 4096 rows
 CHUNK = 4096
 EMB = embeddings_key(1)
-TOL = dict(rtol=1e-6, atol=1e-6)   # float32 summation order: the streamed path adds a
+TOL = dict(rtol=1e-5, atol=1e-5)   # float32 summation order: the streamed path adds a
                                    # hub's edges block by block, rescaled in other places
+                                   # (1.6e-6 seen on one of 320,000 values; a wrong edge or
+                                   # block moves values by 1e-3 and more)
 
 
 @pytest.fixture(scope="module")
