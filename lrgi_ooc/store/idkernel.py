@@ -122,10 +122,26 @@ def mix64(h):
 
 @njit(cache=True, nogil=True, inline="always")
 def hash_bytes(data, a, b):
-    """64-bit FNV-1a of data[a:b], mixed."""
-    h = np.uint64(14695981039346656037)
-    for j in range(a, b):
-        h = (h ^ np.uint64(data[j])) * np.uint64(1099511628211)
+    """A 64-bit hash of data[a:b], 8 bytes at a time (the last word overlaps the one before
+    it), seeded by the length and mixed: half the time of byte-wise FNV-1a on 21-byte ids
+    (10 M: 0.19 s against 0.41 s, one thread), the remap hashing every endpoint. Not stored
+    anywhere: only this process's tables use it, and every match is confirmed byte by byte."""
+    n = b - a
+    h = np.uint64(0x9E3779B97F4A7C15) ^ (np.uint64(n) * np.uint64(0xFF51AFD7ED558CCD))
+    j = a
+    while j + 8 <= b:
+        h = (h ^ load64(data, j)) * np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(29)
+        j += 8
+    if j < b:
+        if n >= 8:
+            w = load64(data, b - 8)
+        else:
+            w = np.uint64(0)
+            for k in range(j, b):
+                w |= np.uint64(data[k]) << np.uint64(8 * (k - j))
+        h = (h ^ w) * np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(29)
     return mix64(h)
 
 
