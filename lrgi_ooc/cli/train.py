@@ -34,6 +34,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
                    help="layers >= 2: the table is H + f(H), f trained as the paper's layer "
                         "(default on; --no-residual: the paper's table f(H))")
+    p.add_argument("--residual-scale", type=float,
+                   help="a residual layer's table is s (H + f(H)) (default 1)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
 
@@ -86,8 +88,9 @@ def main_layer(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ train-e2e
 def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
-    for a in p._actions:        # --layer, --residual, --input-dropout do not apply: hide them
-        if {"--layer", "--residual", "--input-dropout"} & set(a.option_strings):
+    for a in p._actions:        # --layer, --residual*, --input-dropout do not apply: hide them
+        if {"--layer", "--residual", "--residual-scale", "--input-dropout"} & \
+                set(a.option_strings):
             a.required, a.help = False, argparse.SUPPRESS
     p.add_argument("--num-layers", type=int, required=True,
                    help="layers trained jointly (sampling [k_prop] * L + [k_conv])")
@@ -99,6 +102,8 @@ def main_train_e2e(args: argparse.Namespace) -> int:
         raise InputError("--layer: train-e2e trains layers 1..--num-layers jointly")
     if args.residual is not None:
         raise InputError("--residual: applies to layer-wise training (`layer`, `train`)")
+    if args.residual_scale is not None:
+        raise InputError("--residual-scale: applies to layer-wise training (`layer`, `train`)")
     if args.input_dropout is not None:
         raise InputError("--input-dropout: applies to layer-wise training (`layer`, `train`)")
     call(api.train_e2e, args)

@@ -19,6 +19,16 @@ BLOCK_FILE = "block.npz"
 _ARRAYS = ("lin", "att_src", "att_dst", "bias", "skip")
 
 
+def mix_residual(out: np.ndarray, x: np.ndarray, weights: tuple[float, float]) -> None:
+    """out <- b * out + a * x in place (float32), the order `LRGIBlock` computes it in; the
+    plain sum (1, 1) is one addition, as before the weights existed."""
+    a, b = weights
+    if b != 1.0:
+        out *= np.float32(b)
+    x = np.asarray(x, dtype=np.float32)
+    out += x if a == 1.0 else x * np.float32(a)
+
+
 @dataclass(frozen=True)
 class GATWeights:
     lin: np.ndarray          # [H * C, F]
@@ -29,6 +39,8 @@ class GATWeights:
     heads: int
     negative_slope: float = 0.2
     residual: bool = False   # the output adds the input row (LRGIBlock's `residual`)
+    # with `residual`, the output is a * input + b * block output: (a, b)
+    residual_weights: tuple[float, float] = (1.0, 1.0)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], heads: int,
@@ -46,7 +58,8 @@ class GATWeights:
     def from_block(cls, block: Any) -> "GATWeights":
         return replace(cls.from_state(block.state_dict(), block.conv.heads),
                        negative_slope=float(block.conv.negative_slope),
-                       residual=bool(getattr(block, "residual", False)))
+                       residual=bool(getattr(block, "residual", False)),
+                       residual_weights=tuple(getattr(block, "residual_weights", (1.0, 1.0))))
 
     def save(self, path: Path, **meta: int | bool) -> None:
         """Atomically, with small integer metadata (in_dim, dim, inductive, ...)."""

@@ -18,10 +18,12 @@ from lrgi_ooc.nn.attention import block_output
 
 
 class LRGIBlock(nn.Module):
-    """f(H)_i = ELU(GAT(H)_i + W_skip H_i), plus H_i itself with `residual`: the function of
-    a `--residual` layer's table (training optimises the loss on f(H); docs/cli.md)."""
+    """f(H)_i = ELU(GAT(H)_i + W_skip H_i); with `residual`, b f(H)_i + a H_i, (a, b) =
+    `residual_weights`: the function of a `--residual` layer's table (training optimises
+    the loss on f(H); docs/cli.md)."""
 
-    def __init__(self, in_dim: int, dim: int, heads: int = 4, residual: bool = False):
+    def __init__(self, in_dim: int, dim: int, heads: int = 4, residual: bool = False,
+                 residual_weights: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
@@ -29,6 +31,7 @@ class LRGIBlock(nn.Module):
             raise ValueError(f"a residual block needs in_dim ({in_dim}) == dim ({dim})")
         self.in_dim, self.dim, self.heads = in_dim, dim, heads
         self.residual = bool(residual)
+        self.residual_weights = (float(residual_weights[0]), float(residual_weights[1]))
         self.conv = GATConv(in_dim, dim // heads, heads=heads, concat=True, dropout=0.0,
                             add_self_loops=True, negative_slope=0.2)
         self.skip = nn.Linear(in_dim, dim, bias=False)
@@ -42,7 +45,9 @@ class LRGIBlock(nn.Module):
         t = x.size(0) if num_targets is None else int(num_targets)
         out = block_output(self.conv, self.skip.weight, x, edge_index, t)
         if self.residual:
-            out = out + (x.to_dense() if x.layout != torch.strided else x)[:t].to(out.dtype)
+            a, b = self.residual_weights
+            xt = (x.to_dense() if x.layout != torch.strided else x)[:t].to(out.dtype)
+            out = (out if b == 1.0 else out * b) + (xt if a == 1.0 else xt * a)
         return out
 
 

@@ -50,15 +50,20 @@ def write_weights(store: GraphStore, layer: int, w: GATWeights, conf: dict[str, 
     store.write_group_attrs(group, {
         "config": conf, "in_dim": int(in_dim), "dim": int(conf["dim"]), "heads": int(w.heads),
         "negative_slope": float(w.negative_slope), "inductive": bool(conf.get("inductive")),
-        "residual": bool(w.residual), "arrays": list(ARRAYS)})
+        "residual": bool(w.residual),
+        "residual_weights": [float(v) for v in w.residual_weights],
+        "arrays": list(ARRAYS)})
 
 
 def save_layer(store: GraphStore, layer: int, conf: dict[str, Any], in_dim: int,
-               block: Any, residual: bool = False) -> None:
+               block: Any, residual: bool = False,
+               residual_weights: tuple[float, float] = (1.0, 1.0)) -> None:
     """The frozen block of layer L, into the store (call before marking train/L complete);
-    `residual`: its table is the input plus the block's output (`--residual`)."""
-    write_weights(store, layer, replace(GATWeights.from_block(block), residual=residual),
-                  conf, in_dim)
+    `residual`: its table is a * input + b * block output, (a, b) = `residual_weights`
+    (`--residual`; `--residual-scale s` gives (s, s))."""
+    w = replace(GATWeights.from_block(block), residual=residual,
+                residual_weights=tuple(residual_weights) if residual else (1.0, 1.0))
+    write_weights(store, layer, w, conf, in_dim)
 
 
 def _attrs(store: GraphStore, layer: int) -> dict[str, Any]:
@@ -76,11 +81,12 @@ def load_block(store: GraphStore, layer: int) -> tuple[GATWeights, dict[str, Any
     arrays = {n: np.ascontiguousarray(store.read_small(weights_key(layer, n)), np.float32)
               for n in ARRAYS}
     residual = bool(a.get("residual", False))      # absent: written before the option
+    mix = tuple(float(v) for v in a.get("residual_weights", (1.0, 1.0)))     # likewise
     w = GATWeights(**arrays, heads=int(a["heads"]), negative_slope=float(a["negative_slope"]),
-                   residual=residual)
+                   residual=residual, residual_weights=mix)
     return w, {"in_dim": int(a["in_dim"]), "dim": int(a["dim"]), "heads": int(a["heads"]),
                "inductive": int(bool(a["inductive"])), "residual": residual,
-               "config": a["config"]}
+               "residual_weights": mix, "config": a["config"]}
 
 
 def weights_stamp(store: GraphStore, layer: int) -> tuple[int, int]:
@@ -101,11 +107,11 @@ def state_dict(w: GATWeights) -> dict[str, Any]:
 
 
 def load_blob(store: GraphStore, layer: int) -> dict[str, Any]:
-    """Layer L as {"block": state dict, "config", "in_dim", "residual"} (torch only, no
-    PyG)."""
+    """Layer L as {"block": state dict, "config", "in_dim", "residual",
+    "residual_weights"} (torch only, no PyG)."""
     w, meta = load_block(store, layer)
     return {"block": state_dict(w), "config": meta["config"], "in_dim": meta["in_dim"],
-            "residual": meta["residual"]}
+            "residual": meta["residual"], "residual_weights": meta["residual_weights"]}
 
 
 def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
@@ -113,7 +119,8 @@ def load_weights(store: GraphStore, layer: int) -> tuple[Any, dict[str, Any]]:
     blob = load_blob(store, layer)
     from lrgi_ooc.nn.model import LRGIBlock
     c = blob["config"]
-    block = LRGIBlock(blob["in_dim"], c["dim"], heads=c["heads"], residual=blob["residual"])
+    block = LRGIBlock(blob["in_dim"], c["dim"], heads=c["heads"], residual=blob["residual"],
+                      residual_weights=blob["residual_weights"])
     block.load_state_dict(blob["block"])
     block.eval()
     return block, blob

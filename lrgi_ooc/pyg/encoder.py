@@ -33,10 +33,11 @@ class LRGIEncoderLayer(nn.Module):
     Parameter names (`conv.*`, `skip.weight`) are those of the training block
     (`lrgi_ooc.nn.model.LRGIBlock`), so a trained block's state dict loads as is. GATConv
     replaces existing self loops by one per node: the semantics of the stored tables. A
-    `residual` layer adds its input, f(H) + H (`--residual`); the flag is a buffer of the
-    state dict."""
+    `residual` layer mixes its input in, b f(H) + a H with (a, b) = `residual_weights`
+    (`--residual`, `--residual-scale`); flag and weights are buffers of the state dict."""
 
-    def __init__(self, in_dim: int, dim: int, heads: int, residual: bool = False):
+    def __init__(self, in_dim: int, dim: int, heads: int, residual: bool = False,
+                 residual_weights: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
         if dim % heads:
             raise InputError(f"layer width {dim} is not divisible by its {heads} heads")
@@ -45,6 +46,8 @@ class LRGIEncoderLayer(nn.Module):
         self.in_dim, self.dim, self.heads = int(in_dim), int(dim), int(heads)
         # in the state dict: a saved encoder rebuilt by hand gets its layers' flags back
         self.register_buffer("residual_flag", torch.tensor(bool(residual)))
+        self.register_buffer("residual_weights",
+                             torch.tensor([float(v) for v in residual_weights]))
         self.conv = GATConv(in_dim, dim // heads, heads=heads, concat=True, dropout=0.0,
                             add_self_loops=True, negative_slope=0.2)
         self.skip = nn.Linear(in_dim, dim, bias=False)
@@ -53,9 +56,17 @@ class LRGIEncoderLayer(nn.Module):
     def residual(self) -> bool:
         return bool(self.residual_flag)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # an encoder saved before the weights existed: its residual layers summed
+        state_dict.setdefault(prefix + "residual_weights", torch.tensor([1.0, 1.0]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         out = F.elu(self.conv(x, edge_index) + self.skip(x))
-        return out + x if self.residual else out
+        if not self.residual:
+            return out
+        a, b = (float(v) for v in self.residual_weights)
+        return (out if b == 1.0 else out * b) + (x if a == 1.0 else x * a)
 
 
 class LRGIEncoder(nn.Module):
@@ -66,7 +77,8 @@ class LRGIEncoder(nn.Module):
 
     def __init__(self, in_dim: int, dims: Sequence[int], heads: int | Sequence[int] = 4,
                  layer_numbers: Sequence[int] | None = None,
-                 residual: bool | Sequence[bool] = False):
+                 residual: bool | Sequence[bool] = False,
+                 residual_weights: Sequence[tuple[float, float]] | None = None):
         super().__init__()
         dims = [int(d) for d in dims]
         if not dims:
@@ -78,8 +90,13 @@ class LRGIEncoder(nn.Module):
                else [bool(r) for r in residual])
         if len(res) != len(dims):
             raise InputError(f"{len(dims)} layer widths but {len(res)} residual flags")
+        mixes = [(1.0, 1.0)] * len(dims) if residual_weights is None else \
+            [(float(a), float(b)) for a, b in residual_weights]
+        if len(mixes) != len(dims):
+            raise InputError(f"{len(dims)} layer widths but {len(mixes)} residual weights")
         widths = [int(in_dim), *dims]
-        self.layers = nn.ModuleList(LRGIEncoderLayer(widths[i], widths[i + 1], hs[i], res[i])
+        self.layers = nn.ModuleList(LRGIEncoderLayer(widths[i], widths[i + 1], hs[i], res[i],
+                                                     mixes[i])
                                     for i in range(len(dims)))
         # which store layers these are (layer 1 reads the node features)
         self.layer_numbers = list(layer_numbers or range(1, len(dims) + 1))
@@ -148,9 +165,11 @@ def load_encoder(store: StoreLike, layers: Sequence[int] | int | None = None) ->
                              f"but layer {layer - 1} has width {prev.dim}; retrain layer "
                              f"{layer}")
     enc = LRGIEncoder(blocks[0].in_dim, [b.dim for b in blocks], [b.heads for b in blocks],
-                      numbers, [b.residual for b in blocks])
+                      numbers, [b.residual for b in blocks],
+                      [b.residual_weights for b in blocks])
     for layer, block in zip(enc.layers, blocks):
-        layer.load_state_dict({**block.state_dict(), "residual_flag": layer.residual_flag})
+        layer.load_state_dict({**block.state_dict(), "residual_flag": layer.residual_flag,
+                               "residual_weights": layer.residual_weights})
     return enc.eval().requires_grad_(False)
 
 

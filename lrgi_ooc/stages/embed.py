@@ -27,7 +27,7 @@ import numpy as np
 from lrgi_ooc.cluster import tasks as cluster
 from lrgi_ooc.base.errors import InputError, space_for
 from lrgi_ooc.base.memory import parse_size
-from lrgi_ooc.nn.blockweights import GATWeights, matmul_t
+from lrgi_ooc.nn.blockweights import GATWeights, matmul_t, mix_residual
 from lrgi_ooc.nn.device import device_name
 from lrgi_ooc.nn.trained import load_block, weights_stamp
 from lrgi_ooc.sample.subgraph import graph_for, seed_nodes
@@ -134,7 +134,7 @@ def aggregate(w: GATWeights, proj: tuple[np.ndarray, np.ndarray], indptr: np.nda
     out = np.empty_like(acc)
     gatkernel.finish(s, acc, w.bias, skip, out)
     if w.residual:
-        out += np.asarray(x_targets, dtype=np.float32)
+        mix_residual(out, x_targets, w.residual_weights)
     return out
 
 

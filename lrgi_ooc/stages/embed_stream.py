@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lrgi_ooc.nn.blockweights import GATWeights, matmul_t
+from lrgi_ooc.nn.blockweights import GATWeights, matmul_t, mix_residual
 from lrgi_ooc.store.layout import MIN_CHUNK_ROWS, GraphStore, chunk_rows_for
 
 DEFAULT_MEMORY_LIMIT = "2GB"
@@ -300,5 +300,5 @@ def stream_aggregate(w: GATWeights, read_block: Callable[[int, int], tuple[np.nd
             skip = matmul_t(x, w.skip, device)
             gatkernel.finish(s[r0:r1], acc[r0:r1], w.bias, skip, out[r0 - c0:r1 - c0])
             if w.residual:
-                out[r0 - c0:r1 - c0] += np.asarray(x, dtype=np.float32)
+                mix_residual(out[r0 - c0:r1 - c0], x, w.residual_weights)
         emit(j, out)

@@ -245,7 +245,8 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
         if rows is not None:
             rows.close()
     model.eval()
-    save_layer(store, layer, conf, in_dim, model.block, uses_residual(cfg, layer, in_dim))
+    save_layer(store, layer, conf, in_dim, model.block, uses_residual(cfg, layer, in_dim),
+               (cfg.residual_scale, cfg.residual_scale))
     store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2),
                      rows={"reader": "mmap"} if rows is None else
                      {"reader": "pread", **rows.stats()})
