@@ -115,7 +115,11 @@ def _gat_forward(x: torch.Tensor, edge_index: torch.Tensor, store: GraphStore,
         conv.att_dst.copy_(torch.from_numpy(w.att_dst).view(1, h, -1))
         conv.bias.copy_(torch.from_numpy(w.bias))
         out = F.elu(conv(x, edge_index) + x @ torch.from_numpy(w.skip).T)
-        return out + x if meta["residual"] else out     # --residual (the default, layers >= 2)
+        if not meta["residual"]:
+            return out
+        a, b = meta["residual_weights"]       # --residual (the default, layers >= 2)
+        assert (a, b) == (2 ** -0.5, 2 ** -0.5)     # --residual-scale's default
+        return b * out + a * x
 
 
 def test_encoding_another_graph_equals_a_pyg_gatconv_forward(trained, tmp_path):

@@ -35,7 +35,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="layers >= 2: the table is H + f(H), f trained as the paper's layer "
                         "(default on; --no-residual: the paper's table f(H))")
     p.add_argument("--residual-scale", type=float,
-                   help="a residual layer's table is s (H + f(H)) (default 1)")
+                   help="a residual layer's table is s (H + f(H)) (default 1/sqrt(2) = 0.7071: "
+                        "the tables keep one scale; 1: the plain sum)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
 

@@ -152,7 +152,9 @@ def upgrade_v1(store: GraphStore) -> tuple[list[int], list[int]]:
             lost.append(layer)
             continue
         residual = bool(conf.get("residual")) and layer >= 2 and in_dim == conf["dim"]
-        write_weights(store, layer, replace(w, residual=residual), conf, in_dim)
+        s = float(conf.get("residual_scale", 1.0)) if residual else 1.0
+        write_weights(store, layer, replace(w, residual=residual, residual_weights=(s, s)),
+                      conf, in_dim)
         moved.append(layer)
     for layer in lost:              # its table stays; `train` can rebuild the model
         store.clear_stage(train_stage(layer))

@@ -42,7 +42,7 @@ class TrainConfig:
     hid: int = 8
     norm: str = "mean"
     residual: bool = True          # layers >= 2: the table is H + f(H) (docs/cli.md)
-    residual_scale: float = 1.0    # ... times this: s (H + f(H)) (docs/cli.md)
+    residual_scale: float = 2 ** -0.5   # ... times this: s (H + f(H)) (docs/cli.md)
     input_dropout: float = 0.0     # training only: dropout of the layer's input entries
     warmup: float = 0.05
     seed: int = 0
