@@ -32,7 +32,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inductive", action="store_true", default=None,
                    help="train on the subgraph induced by the training nodes")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
-                   help="layers >= 2: the table is H + f(H), f trained as the paper's layer "
+                   help="layers >= 2: the table is s (H + f(H)), f trained as the paper's layer "
                         "(default on; --no-residual: the paper's table f(H))")
     p.add_argument("--residual-scale", type=float,
                    help="a residual layer's table is s (H + f(H)) (default 1/sqrt(2) = 0.7071: "

@@ -41,8 +41,8 @@ class TrainConfig:
     lambdas: tuple[float, float, float] = (25.0, 15.0, 1.0)
     hid: int = 8
     norm: str = "mean"
-    residual: bool = True          # layers >= 2: the table is H + f(H) (docs/cli.md)
-    residual_scale: float = 2 ** -0.5   # ... times this: s (H + f(H)) (docs/cli.md)
+    residual: bool = True          # layers >= 2: the table is s (H + f(H)) (docs/cli.md)
+    residual_scale: float = 2 ** -0.5   # s: 1/sqrt(2) keeps the tables at one scale
     input_dropout: float = 0.0     # training only: dropout of the layer's input entries
     warmup: float = 0.05
     seed: int = 0
