@@ -17,6 +17,13 @@ from lrgi_ooc.nn.attention import block_output
 
 
 
+def residual_mix(out: Tensor, x: Tensor, weights: tuple[float, float]) -> Tensor:
+    """b * out + a * x, (a, b) = `weights`: a residual table's function in torch (the numpy
+    paths: `blockweights.mix_residual`, same order); the plain sum (1, 1) is one addition."""
+    a, b = weights
+    return (out if b == 1.0 else out * b) + (x if a == 1.0 else x * a)
+
+
 class LRGIBlock(nn.Module):
     """f(H)_i = ELU(GAT(H)_i + W_skip H_i); with `residual`, b f(H)_i + a H_i, (a, b) =
     `residual_weights`: the function of a `--residual` layer's table (training optimises
@@ -45,9 +52,8 @@ class LRGIBlock(nn.Module):
         t = x.size(0) if num_targets is None else int(num_targets)
         out = block_output(self.conv, self.skip.weight, x, edge_index, t)
         if self.residual:
-            a, b = self.residual_weights
             xt = (x.to_dense() if x.layout != torch.strided else x)[:t].to(out.dtype)
-            out = (out if b == 1.0 else out * b) + (xt if a == 1.0 else xt * a)
+            out = residual_mix(out, xt, self.residual_weights)
         return out
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATConv
 
 from lrgi_ooc.base.errors import InputError
+from lrgi_ooc.nn.model import residual_mix
 from lrgi_ooc.nn.trained import load_weights
 from lrgi_ooc.store.layout import GraphStore, train_stage
 
@@ -65,8 +66,7 @@ class LRGIEncoderLayer(nn.Module):
         out = F.elu(self.conv(x, edge_index) + self.skip(x))
         if not self.residual:
             return out
-        a, b = (float(v) for v in self.residual_weights)
-        return (out if b == 1.0 else out * b) + (x if a == 1.0 else x * a)
+        return residual_mix(out, x, tuple(float(v) for v in self.residual_weights))
 
 
 class LRGIEncoder(nn.Module):

@@ -121,6 +121,13 @@ def mix64(h):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _absorb(h, w):
+    """One 8-byte word into the running hash."""
+    h = (h ^ w) * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(29))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def hash_bytes(data, a, b):
     """A 64-bit hash of data[a:b], 8 bytes at a time (the last word overlaps the one before
     it), seeded by the length and mixed: half the time of byte-wise FNV-1a on 21-byte ids
@@ -130,8 +137,7 @@ def hash_bytes(data, a, b):
     h = np.uint64(0x9E3779B97F4A7C15) ^ (np.uint64(n) * np.uint64(0xFF51AFD7ED558CCD))
     j = a
     while j + 8 <= b:
-        h = (h ^ load64(data, j)) * np.uint64(0xC4CEB9FE1A85EC53)
-        h ^= h >> np.uint64(29)
+        h = _absorb(h, load64(data, j))
         j += 8
     if j < b:
         if n >= 8:
@@ -140,8 +146,7 @@ def hash_bytes(data, a, b):
             w = np.uint64(0)
             for k in range(j, b):
                 w |= np.uint64(data[k]) << np.uint64(8 * (k - j))
-        h = (h ^ w) * np.uint64(0xC4CEB9FE1A85EC53)
-        h ^= h >> np.uint64(29)
+        h = _absorb(h, w)
     return mix64(h)
 
 
