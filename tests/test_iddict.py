@@ -4,8 +4,8 @@ import pyarrow as pa
 import pytest
 
 from lrgi_ooc.store.idcols import StrCol
-from lrgi_ooc.store.iddict import (IntDict, StrDict, entry_ranks, gather, sorted_int_ranks,
-                                   sorted_ranks)
+from lrgi_ooc.store.iddict import (IntDict, StrDict, _same, entry_ranks, gather,
+                                   sorted_int_ranks, sorted_ranks)
 
 
 def _col(strings):
@@ -56,6 +56,23 @@ def test_prefixes_and_equal_lengths_are_told_apart():
     got = d.add(_col(strings))
     np.testing.assert_array_equal(_dense(d, got, sorted_ranks),
                                   [sorted(set(strings)).index(s) for s in strings])
+
+
+def test_byte_comparison_sees_a_difference_at_every_position_of_every_length():
+    """The dictionary confirms a hash match by `_same` (words, the last one overlapping):
+    equal-length strings that differ in one byte anywhere, at any offsets, are unequal.
+    Hash tags almost never collide, so the dictionary's own tests rarely reach it."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, 100, dtype=np.uint8)
+    for ln in range(41):
+        for p, q in ((0, 0), (3, 50), (11, 7)):
+            b = a.copy()
+            b[q:q + ln] = a[p:p + ln]
+            assert _same(a, p, b, q, ln)
+            for k in range(ln):
+                c = b.copy()
+                c[q + k] ^= 1 << (k % 8)
+                assert not _same(a, p, c, q, ln), (ln, p, q, k)
 
 
 def test_sorted_ranks_is_bytewise_order():

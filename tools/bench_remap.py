@@ -7,7 +7,9 @@ and string ids (`user-<16 hex digits>`, 21 bytes). Then runs the real CLI on eac
 process (`python -m lrgi_ooc preprocess --edges ... --undirected --memory-limit M`), and
 prints wall seconds, input edges/s and peak RSS. `--repeat R` runs R rounds, each of every
 kind in turn, and reports the best wall time and each round's ratio to its own dense run (on
-this VM, runs minutes apart differ by up to 2x).
+this VM, runs minutes apart differ by up to 2x). `--read-only` times only what every
+preprocess of that input must do first, reading the id columns as the remap reads them
+(`ingest.edges.open_id_edges`): a floor under each kind's preprocess time.
 
     .venv/bin/python tools/bench_remap.py --work /tmp/bench_remap --edges 100000000 \\
         --nodes 10000000 --memory-limit 4GB
@@ -85,6 +87,23 @@ def run(edges: Path, out: Path, limit: str,
     return wall, int(rss) / 1024, float(cpu)
 
 
+READ = ("import resource, sys, time; from lrgi_ooc.ingest.edges import open_id_edges; "
+        "t = time.time(); n = sum(len(s) for s, d in open_id_edges(sys.argv[1]).chunks()); "
+        "u = resource.getrusage(resource.RUSAGE_SELF); "
+        "print(time.time() - t, u.ru_utime + u.ru_stime, u.ru_maxrss)")
+
+
+def read_only(edges: Path) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of reading `edges`' id columns once, in a
+    fresh process, as the remap's first pass reads them (nothing hashed or written)."""
+    p = subprocess.run([sys.executable, "-c", READ, str(edges)], cwd=ROOT,
+                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    if p.returncode:
+        sys.exit(p.stderr[-3000:])
+    wall, cpu, rss = p.stdout.strip().splitlines()[-1].split()
+    return float(wall), int(rss) / 1024, float(cpu)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_remap"))
@@ -96,6 +115,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--partitioned", action="store_true",
                     help="force the bucket-file passes even when the dictionary fits")
+    ap.add_argument("--read-only", action="store_true",
+                    help="time only the reading of each input's id columns (a floor)")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -110,8 +131,9 @@ def main() -> None:
     rss: dict[str, float] = {}
     for r in range(a.repeat):
         for kind in kinds:
-            wall, peak, cpu = run(inputs[kind], a.work / f"{kind}.zarr", a.memory_limit,
-                                  a.partitioned and kind != "dense")
+            wall, peak, cpu = read_only(inputs[kind]) if a.read_only else \
+                run(inputs[kind], a.work / f"{kind}.zarr", a.memory_limit,
+                    a.partitioned and kind != "dense")
             walls[kind].append(wall)
             cpus[kind].append(cpu)
             rss[kind] = max(rss.get(kind, 0.0), peak)

@@ -61,17 +61,19 @@ def _put32(a, p, v):
 
 @njit(cache=True, nogil=True, inline="always")
 def _same(a, p, b, q, ln):
-    """a[p:p + ln] == b[q:q + ln], 8 bytes at a time."""
+    """a[p:p + ln] == b[q:q + ln], 8 bytes at a time; from 8 bytes on, the last word
+    overlaps the one before it instead of a byte loop."""
+    if ln < 8:
+        for k in range(ln):
+            if a[p + k] != b[q + k]:
+                return False
+        return True
     k = 0
-    while k + 8 <= ln:
+    while k + 8 < ln:
         if load64(a, p + k) != load64(b, q + k):
             return False
         k += 8
-    while k < ln:
-        if a[p + k] != b[q + k]:
-            return False
-        k += 1
-    return True
+    return load64(a, p + ln - 8) == load64(b, q + ln - 8)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -115,8 +117,10 @@ def _add(qo, qd, qh, start, slots, ar, n, m, out, sbits):
                     break
                 if (v >> np.uint64(_START_BITS)) == tag:
                     r = np.int64(v & low)
-                    if _u32(a, r + 4) == ln and _same(a, r + _HEAD, qd, a0, ln):
-                        e = _u32(a, r)
+                    head = load64(a, r)          # local entry (low 4 bytes), length (high 4)
+                    if np.int64(head >> np.uint64(32)) == ln and \
+                            _same(a, r + _HEAD, qd, a0, ln):
+                        e = np.int64(head & np.uint64(0xFFFFFFFF))
                         break
                 s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
             if e < 0:
