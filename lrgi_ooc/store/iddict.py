@@ -101,7 +101,10 @@ def _add(qo, qd, qh, start, slots, ar, n, m, out, sbits):
             if _shard(qh[j], sbits) == t:
                 v = sl[np.int64(qh[j] & mask)]
                 if v != 0 and (v >> np.uint64(_START_BITS)) == (qh[j] >> np.uint64(_START_BITS)):
-                    prefetch(a, np.int64(v & low))
+                    r = np.int64(v & low)
+                    prefetch(a, r)
+                    # a record may straddle two cache lines: its last byte, if it matches
+                    prefetch(a, min(r + _HEAD + qo[j + 1] - qo[j], a.shape[0]) - 1)
             h = qh[i]
             if _shard(h, sbits) != t:
                 i += 1
