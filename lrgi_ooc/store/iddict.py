@@ -82,8 +82,9 @@ def _add(qo, qd, qh, start, slots, ar, n, m, out, sbits):
     A shard stops early when a new entry would not fit (its arena, or the load factor 3/4):
     start[t] is then that string (else the end), n[t] / m[t] its entries / arena bytes. A
     probe reads one slot (8 bytes: a 24-bit hash tag and the record's offset) and, when the
-    tags agree, one arena record; both are prefetched, the slot 2 * _AHEAD strings early and
-    the record it points to _AHEAD strings early."""
+    tags agree, one arena record (its entry and length in one load); both are prefetched, the
+    slot 2 * _AHEAD strings early and the record it points to _AHEAD strings early, with the
+    cache line of the record's end when it is as long as the query."""
     shards = slots.shape[0]
     mask = np.uint64(slots.shape[1] - 1)
     low = np.uint64((1 << _START_BITS) - 1)
