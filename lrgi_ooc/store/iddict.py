@@ -12,7 +12,8 @@ The probes are cache misses, so the table is split into one shard per thread by 
 top bits: a counting sort groups the block's ids by shard, each thread walks its own group
 and probes only its own shard (no locks, no shared writes), and the slot of the id 16 places
 on in its group is prefetched so that its miss overlaps the current probe. Entry numbers
-interleave the shards (local * shards + shard); with one shard they are first-seen order. Measured: 40 M probes of 10 M int64 ids, 2.8 s -> 1.3 s.
+interleave the shards (local * shards + shard); with one shard they are first-seen order.
+Measured: 40 M probes of 10 M int64 ids, 2.8 s -> 1.3 s.
 """
 from __future__ import annotations
 
