@@ -74,21 +74,26 @@ def run(edges: Path, out: Path, limit: str,
     its rusage). CPU time leaves out the time a busy VM host takes the cores away."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, "-m", "lrgi_ooc",
-                        "preprocess", "--edges", str(edges), "--undirected", "--memory-limit",
-                        limit, "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True,
-                       env={"LRGI_OOC_QUIET": "1", "PATH": "/usr/bin:/bin",
-                            "LRGI_OOC_REMAP_IN_MEMORY": "0" if partitioned else "1"})
-    wall = time.time() - t0
+    rss, cpu = _last_line([WRAPPER, sys.executable, "-m", "lrgi_ooc", "preprocess", "--edges",
+                           str(edges), "--undirected", "--memory-limit", limit, "--out",
+                           str(out)],
+                          {"LRGI_OOC_QUIET": "1",
+                           "LRGI_OOC_REMAP_IN_MEMORY": "0" if partitioned else "1"})
+    return time.time() - t0, int(rss) / 1024, float(cpu)
+
+
+def _last_line(args: list[str], env: dict[str, str]) -> list[str]:
+    """The fields of the last line printed by `python -c ARGS...` (the benchmark stops with
+    the child's error if it fails)."""
+    p = subprocess.run([sys.executable, "-c", *args], cwd=ROOT, capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", **env})
     if p.returncode:
         sys.exit(p.stderr[-3000:])
-    rss, cpu = p.stdout.strip().splitlines()[-1].split()
-    return wall, int(rss) / 1024, float(cpu)
+    return p.stdout.strip().splitlines()[-1].split()
 
 
 READ = ("import resource, sys, time; from lrgi_ooc.ingest.edges import open_id_edges; "
-        "t = time.time(); n = sum(len(s) for s, d in open_id_edges(sys.argv[1]).chunks()); "
+        "t = time.time(); [None for _ in open_id_edges(sys.argv[1]).chunks()]; "
         "u = resource.getrusage(resource.RUSAGE_SELF); "
         "print(time.time() - t, u.ru_utime + u.ru_stime, u.ru_maxrss)")
 
@@ -96,11 +101,7 @@ READ = ("import resource, sys, time; from lrgi_ooc.ingest.edges import open_id_e
 def read_only(edges: Path) -> tuple[float, float, float]:
     """(wall seconds, peak RSS MiB, CPU seconds) of reading `edges`' id columns once, in a
     fresh process, as the remap's first pass reads them (nothing hashed or written)."""
-    p = subprocess.run([sys.executable, "-c", READ, str(edges)], cwd=ROOT,
-                       capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    if p.returncode:
-        sys.exit(p.stderr[-3000:])
-    wall, cpu, rss = p.stdout.strip().splitlines()[-1].split()
+    wall, cpu, rss = _last_line([READ, str(edges)], {})
     return float(wall), int(rss) / 1024, float(cpu)
 
 

@@ -49,9 +49,10 @@ def _shard(h, sbits):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _u32(a, p):
-    return (np.int64(a[p]) | (np.int64(a[p + 1]) << 8) | (np.int64(a[p + 2]) << 16)
-            | (np.int64(a[p + 3]) << 24))
+def _head(a, r):
+    """(local entry, length) of the arena record at r: its 8-byte header in one load."""
+    w = load64(a, r)
+    return np.int64(w & np.uint64(0xFFFFFFFF)), np.int64(w >> np.uint64(32))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -138,10 +139,9 @@ def _add(qo, qd, qh, order, bounds, start, slots, ar, n, m, out):
                     break
                 if (v >> np.uint64(_START_BITS)) == tag:
                     r = np.int64(v & low)
-                    head = load64(a, r)          # local entry (low 4 bytes), length (high 4)
-                    if np.int64(head >> np.uint64(32)) == ln and \
-                            _same(a, r + _HEAD, qd, a0, ln):
-                        e = np.int64(head & np.uint64(0xFFFFFFFF))
+                    entry, length = _head(a, r)
+                    if length == ln and _same(a, r + _HEAD, qd, a0, ln):
+                        e = entry
                         break
                 s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
             if e < 0:
@@ -167,7 +167,7 @@ def _records(ar, offsets):
     r = np.int64(_HEAD)
     for e in range(offsets.shape[0]):
         offsets[e] = r
-        r += _HEAD + _u32(ar, r + 4)
+        r += _HEAD + _head(ar, r)[1]
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -191,7 +191,7 @@ def _rehash(ar, n, slots):
                 sl[s] = ((h >> np.uint64(_START_BITS)) << np.uint64(_START_BITS)) \
                     | np.uint64(rec)
             if e + _AHEAD < n[t]:
-                ln = _u32(a, r + 4)
+                ln = _head(a, r)[1]
                 h = hash_bytes(a, r + _HEAD, r + _HEAD + ln)
                 ring_h[(e + _AHEAD) % _AHEAD], ring_r[(e + _AHEAD) % _AHEAD] = h, r
                 prefetch(sl, np.int64(h & mask))
