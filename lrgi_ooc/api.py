@@ -20,7 +20,7 @@ from lrgi_ooc.store.view import StoreView, open_store
 PathLike = str | os.PathLike
 TRAIN_OPTIONS = ("dim", "heads", "fanout", "batch_size", "epochs", "steps", "lr",
                  "weight_decay", "lambdas", "hid", "norm", "warmup", "seed", "inductive",
-                 "residual", "residual_scale", "input_dropout", "checkpoint_every", "device",
+                 "residual", "residual_scale", "residual_damping", "input_dropout", "checkpoint_every", "device",
                  "memory_limit", "row_reader", "read_threads")
 DEFAULT_MAX_EDGES = 1 << 21         # = stages.embed.DEFAULT_MAX_EDGES (tested)
 
@@ -90,7 +90,7 @@ def train_layer(store: PathLike, *, layer: int, config: PathLike | None = None,
                 hid: int | None = None, norm: str | None = None, warmup: float | None = None,
                 seed: int | None = None, inductive: bool | None = None,
                 residual: bool | None = None, residual_scale: float | None = None,
-                input_dropout: float | None = None,
+                residual_damping: float | None = None, input_dropout: float | None = None,
                 checkpoint_every: int | None = None, device: str | None = None,
                 memory_limit: str | int | None = None, row_reader: str | None = None,
                 read_threads: int | None = None,
@@ -136,7 +136,7 @@ def layer(store: PathLike, *, layer: int, config: PathLike | None = None,
           lambdas: str | tuple[float, float, float] | None = None, hid: int | None = None,
           norm: str | None = None, warmup: float | None = None, seed: int | None = None,
           inductive: bool | None = None, residual: bool | None = None,
-          residual_scale: float | None = None,
+          residual_scale: float | None = None, residual_damping: float | None = None,
           input_dropout: float | None = None, checkpoint_every: int | None = None,
           device: str | None = None, max_edges: int | None = None,
           memory_limit: str | int = "2GB", source_blocks: int | None = None,

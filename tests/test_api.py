@@ -36,7 +36,8 @@ COMMANDS = {   # command -> (API function, minimal argv after the command name)
 }
 
 CLI_ONLY = {"info": {"json"},          # text or JSON on stdout: presentation, not an option
-            "train-e2e": {"layer", "residual", "residual_scale", "input_dropout"}}    # hidden: refused with a message naming --num-layers
+            "train-e2e": {"layer", "residual", "residual_scale", "residual_damping",
+                          "input_dropout"}}    # hidden: refused with a message naming --num-layers
 
 
 @pytest.fixture

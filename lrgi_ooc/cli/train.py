@@ -37,6 +37,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--residual-scale", type=float,
                    help="a residual layer's table is s (H + f(H)) (default 1/sqrt(2) = 0.7071: "
                         "the tables keep one scale; 1: the plain sum)")
+    p.add_argument("--residual-damping", type=float,
+                   help="layers >= 3: the layer's output enters the table at D times its "
+                        "input's weight, the table's spread kept (default 1)")
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
 
@@ -90,7 +93,8 @@ def main_layer(args: argparse.Namespace) -> int:
 def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
     for a in p._actions:        # --layer, --residual*, --input-dropout do not apply: hide them
-        if {"--layer", "--residual", "--residual-scale", "--input-dropout"} & \
+        if {"--layer", "--residual", "--residual-scale", "--residual-damping",
+                "--input-dropout"} & \
                 set(a.option_strings):
             a.required, a.help = False, argparse.SUPPRESS
     p.add_argument("--num-layers", type=int, required=True,
@@ -105,6 +109,8 @@ def main_train_e2e(args: argparse.Namespace) -> int:
         raise InputError("--residual: applies to layer-wise training (`layer`, `train`)")
     if args.residual_scale is not None:
         raise InputError("--residual-scale: applies to layer-wise training (`layer`, `train`)")
+    if args.residual_damping is not None:
+        raise InputError("--residual-damping: applies to layer-wise training (`layer`, `train`)")
     if args.input_dropout is not None:
         raise InputError("--input-dropout: applies to layer-wise training (`layer`, `train`)")
     call(api.train_e2e, args)

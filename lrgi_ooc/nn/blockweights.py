@@ -29,6 +29,18 @@ def mix_residual(out: np.ndarray, x: np.ndarray, weights: tuple[float, float]) -
     out += x if a == 1.0 else x * np.float32(a)
 
 
+def residual_weights(layer: int, scale: float, damping: float = 1.0) -> tuple[float, float]:
+    """(a, b) of a residual layer's table a H + b f(H): layer 2 is s (H + f(H)); from layer
+    3 on the layer's output enters at `damping` times its input's weight, rescaled so that
+    the table keeps the spread of the mix at damping 1 (s (H + f(H)), two nearly
+    uncorrelated parts of one spread): s sqrt(2) (H + d f(H)) / sqrt(1 + d^2)."""
+    s, d = float(scale), float(damping)
+    if layer < 3 or d == 1.0:
+        return (s, s)
+    c = s * (2.0 / (1.0 + d * d)) ** 0.5
+    return (c, c * d)
+
+
 @dataclass(frozen=True)
 class GATWeights:
     lin: np.ndarray          # [H * C, F]

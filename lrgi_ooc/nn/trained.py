@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lrgi_ooc.base.errors import InputError, space_for
-from lrgi_ooc.nn.blockweights import BLOCK_FILE, GATWeights
+from lrgi_ooc.nn.blockweights import BLOCK_FILE, GATWeights, residual_weights
 from lrgi_ooc.store.layout import GraphStore, train_stage, weights_key
 
 WEIGHTS_FILE = "layer.pt"                  # format v1: the block's torch checkpoint in .runs
@@ -60,7 +60,7 @@ def save_layer(store: GraphStore, layer: int, conf: dict[str, Any], in_dim: int,
                residual_weights: tuple[float, float] = (1.0, 1.0)) -> None:
     """The frozen block of layer L, into the store (call before marking train/L complete);
     `residual`: its table is a * input + b * block output, (a, b) = `residual_weights`
-    (`--residual`; `--residual-scale s` gives (s, s))."""
+    (`--residual`; `--residual-scale s` gives (s, s), `--residual-damping`: `residual_weights`)."""
     w = replace(GATWeights.from_block(block), residual=residual,
                 residual_weights=tuple(residual_weights) if residual else (1.0, 1.0))
     write_weights(store, layer, w, conf, in_dim)
@@ -152,8 +152,9 @@ def upgrade_v1(store: GraphStore) -> tuple[list[int], list[int]]:
             lost.append(layer)
             continue
         residual = bool(conf.get("residual")) and layer >= 2 and in_dim == conf["dim"]
-        s = float(conf.get("residual_scale", 1.0)) if residual else 1.0
-        write_weights(store, layer, replace(w, residual=residual, residual_weights=(s, s)),
+        mix = residual_weights(layer, conf.get("residual_scale", 1.0),
+                               conf.get("residual_damping", 1.0)) if residual else (1.0, 1.0)
+        write_weights(store, layer, replace(w, residual=residual, residual_weights=mix),
                       conf, in_dim)
         moved.append(layer)
     for layer in lost:              # its table stays; `train` can rebuild the model

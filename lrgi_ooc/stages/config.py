@@ -43,6 +43,7 @@ class TrainConfig:
     norm: str = "mean"
     residual: bool = True          # layers >= 2: the table is s (H + f(H)) (docs/cli.md)
     residual_scale: float = 2 ** -0.5   # s: 1/sqrt(2) keeps the tables at one scale
+    residual_damping: float = 1.0  # layers >= 3: the output's weight against its input's
     input_dropout: float = 0.0     # training only: dropout of the layer's input entries
     warmup: float = 0.05
     seed: int = 0
@@ -81,6 +82,8 @@ class TrainConfig:
             raise bad("warmup", "must be a fraction in [0, 1)")
         if not self.residual_scale > 0:
             raise bad("residual_scale", "must be positive")
+        if not self.residual_damping > 0:
+            raise bad("residual_damping", "must be positive")
         if self.norm not in ("mean", "sym"):
             raise bad("norm", "must be 'mean' or 'sym'")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -95,14 +98,17 @@ class TrainConfig:
         cadence, nor where the input rows come from: every reader returns the same rows).
         `residual` only where it applies (layers >= 2; 0: `train-e2e`, which has none), so
         layer 1 and the paper's layer keep the hash of stores trained before it existed;
-        `residual_scale` only with `residual` and when not 1, `input_dropout` only when not
-        0, for the same reason."""
+        `residual_scale` only with `residual` and when not 1, `residual_damping` only with
+        `residual` from layer 3 on and when not 1, `input_dropout` only when not 0, for the
+        same reason."""
         d = dataclasses.asdict(self)
         for k in ("checkpoint_every", "log_every", "device", "memory_limit", "row_reader",
                   "read_threads"):
             d.pop(k)
         if not (d["residual"] and layer >= 2) or d["residual_scale"] == 1.0:
             d.pop("residual_scale")
+        if not (d["residual"] and layer >= 3) or d["residual_damping"] == 1.0:
+            d.pop("residual_damping")
         if not (d["residual"] and layer >= 2):
             d.pop("residual")
         if not d["input_dropout"]:

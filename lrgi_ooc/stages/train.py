@@ -16,6 +16,7 @@ from typing import Any
 from lrgi_ooc.base.errors import InputError, space_for
 from lrgi_ooc.base.memory import parse_size
 from lrgi_ooc.cluster import tasks as cluster
+from lrgi_ooc.nn.blockweights import residual_weights
 from lrgi_ooc.nn.device import torch_device
 from lrgi_ooc.nn.trained import save_atomic, save_layer
 from lrgi_ooc.sample.subgraph import graph_for, seed_nodes
@@ -246,7 +247,7 @@ def train_layer(store_path: str | Path, layer: int, cfg: TrainConfig) -> dict[st
             rows.close()
     model.eval()
     save_layer(store, layer, conf, in_dim, model.block, uses_residual(cfg, layer, in_dim),
-               (cfg.residual_scale, cfg.residual_scale))
+               residual_weights(layer, cfg.residual_scale, cfg.residual_damping))
     store.mark_stage(stage, conf, steps=steps, seconds=round(secs, 2),
                      rows={"reader": "mmap"} if rows is None else
                      {"reader": "pread", **rows.stats()})
