@@ -14,6 +14,7 @@ import torch
 import lrgi_ooc
 from graphs import edge_index_of, make_store, table
 from lrgi_ooc.cli.main import main
+from lrgi_ooc.nn.blockweights import residual_weights
 from lrgi_ooc.nn.trained import load_block, load_weights
 from lrgi_ooc.stages.config import TrainConfig
 from lrgi_ooc.stages.embed import embed_layer
@@ -90,6 +91,46 @@ def test_deeper_tables_weigh_older_layers_less(store):
                                S * S * (h[0].numpy() + outs[0]) + S * outs[1], atol=1e-5)
 
 
+def test_damping_weighs_deeper_outputs_less_and_keeps_the_spread():
+    """From layer 3 on the output enters at D times its input's weight, rescaled so that
+    two parts of one spread keep the spread of s (H + f(H)); layer 2 and D = 1 are s (H +
+    f(H))."""
+    assert residual_weights(2, S, 0.5) == (S, S)
+    assert residual_weights(3, S, 1.0) == (S, S)
+    a, b = residual_weights(3, 2 ** -0.5, 0.5)
+    assert b == pytest.approx(0.5 * a) and a * a + b * b == pytest.approx(1.0)
+    a, b = residual_weights(4, S, 0.25)
+    assert b == pytest.approx(0.25 * a) and a * a + b * b == pytest.approx(2 * S * S)
+
+
+def test_a_damped_layer_trains_the_same_weights_and_writes_the_damped_table(store, tmp_path):
+    """Layer 3 with --residual-damping 0.5 on a copy of the store: the same weights as the
+    undamped layer (the loss sees f(H)); its table is a H^2 + b f_3(H^2), (a, b) recorded
+    in layers/3/weights; the PyG encoder applies the same weights."""
+    d = shutil.copytree(store, tmp_path / "d.zarr")
+    shutil.copytree(str(store) + ".runs", str(d) + ".runs")
+    lrgi_ooc.layer(d, layer=3, residual=True, residual_scale=S, residual_damping=0.5, **TRAIN)
+    g, a_b = GraphStore(d), residual_weights(3, S, 0.5)
+    assert tuple(g.group_attrs(weights_key(3))["residual_weights"]) == a_b
+    assert g.stage_record("train/3")["config"]["residual_damping"] == 0.5
+    assert "residual_damping" not in g.stage_record("train/2")["config"]
+    for name in ("lin", "att_src", "att_dst", "bias", "skip"):
+        np.testing.assert_array_equal(getattr(load_block(g, 3)[0], name),
+                                      getattr(load_block(GraphStore(store), 3)[0], name))
+    block, _ = load_weights(g, 3)
+    block.residual = False
+    x = torch.from_numpy(np.array(g.table(2), np.float32))
+    ei = torch.from_numpy(edge_index_of(g))
+    with torch.no_grad():
+        plain = block(x, ei).numpy()
+    want = a_b[0] * x.numpy() + a_b[1] * plain
+    np.testing.assert_allclose(table(d, embeddings_key(3)), want, atol=1e-5)
+    assert np.abs(table(d, embeddings_key(3)) - table(store, embeddings_key(3))).max() > 1e-3
+    with torch.no_grad():
+        out = lrgi_ooc.load_encoder(d)(torch.from_numpy(np.array(g.table(0), np.float32)), ei)
+    np.testing.assert_allclose(out.numpy(), want, atol=1e-4)
+
+
 def test_scale_one_adds_the_block_output(tmp_path):
     s = make_store(tmp_path / "s.zarr", n=300, avg_deg=4, feat=16, seed=4).path
     for layer in (1, 2):
@@ -163,6 +204,11 @@ def test_off_keeps_the_papers_hash_and_weights():
                                                ).result_fields(2)
     assert "residual_scale" not in TrainConfig(residual_scale=S).result_fields(1)
     assert TrainConfig(residual_scale=S).result_fields(2)["residual_scale"] == S
+    assert "residual_damping" not in TrainConfig().result_fields(3)          # 1: the old hash
+    assert "residual_damping" not in TrainConfig(residual_damping=0.5).result_fields(2)
+    assert "residual_damping" not in TrainConfig(residual=False, residual_damping=0.5
+                                                 ).result_fields(3)
+    assert TrainConfig(residual_damping=0.5).result_fields(3)["residual_damping"] == 0.5
 
 
 def test_a_change_of_width_has_no_residual(tmp_path):
@@ -178,16 +224,19 @@ def test_train_e2e_refuses_the_flag(tmp_path, capsys):
     assert "--residual" in capsys.readouterr().err
     assert main(["train-e2e", str(s), "--num-layers", "2", "--residual-scale", "0.5"]) == 2
     assert "--residual-scale" in capsys.readouterr().err
+    assert main(["train-e2e", str(s), "--num-layers", "2", "--residual-damping", "0.5"]) == 2
+    assert "--residual-damping" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("how", ["flag", "config"])
-def test_a_scale_that_is_not_positive_is_refused(tmp_path, capsys, how):
+@pytest.mark.parametrize("what", ["scale", "damping"])
+def test_a_scale_that_is_not_positive_is_refused(tmp_path, capsys, how, what):
     s = make_store(tmp_path / "z.zarr", n=200, avg_deg=4, feat=8, seed=1).path
     conf = tmp_path / "c.toml"
-    conf.write_text("[train]\nresidual_scale = -1\n")
-    args = ["--residual-scale", "0"] if how == "flag" else ["--config", str(conf)]
+    conf.write_text(f"[train]\nresidual_{what} = -1\n")
+    args = [f"--residual-{what}", "0"] if how == "flag" else ["--config", str(conf)]
     assert main(["layer", str(s), "--layer", "1", *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert "residual" in err and "scale" in err and "positive" in err
+    assert "residual" in err and what in err and "positive" in err
     assert len(err.splitlines()) == 1
     assert not GraphStore(s).stage_complete("train/1")
