@@ -20,8 +20,8 @@ from lrgi_ooc.store.view import StoreView, open_store
 PathLike = str | os.PathLike
 TRAIN_OPTIONS = ("dim", "heads", "fanout", "batch_size", "epochs", "steps", "lr",
                  "weight_decay", "lambdas", "hid", "norm", "warmup", "seed", "inductive",
-                 "residual", "residual_scale", "residual_damping", "input_dropout", "checkpoint_every", "device",
-                 "memory_limit", "row_reader", "read_threads")
+                 "residual", "residual_scale", "residual_damping", "input_dropout",
+                 "checkpoint_every", "device", "memory_limit", "row_reader", "read_threads")
 DEFAULT_MAX_EDGES = 1 << 21         # = stages.embed.DEFAULT_MAX_EDGES (tested)
 
 __all__ = ["InputError", "StoreView", "open_store", "preprocess", "synth", "train_layer",

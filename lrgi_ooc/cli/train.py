@@ -90,12 +90,14 @@ def main_layer(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ train-e2e
+LAYERWISE_ONLY = ("residual", "residual_scale", "residual_damping", "input_dropout")
+
+
 def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
-    for a in p._actions:        # --layer, --residual*, --input-dropout do not apply: hide them
-        if {"--layer", "--residual", "--residual-scale", "--residual-damping",
-                "--input-dropout"} & \
-                set(a.option_strings):
+    hidden = {"--layer"} | {"--" + name.replace("_", "-") for name in LAYERWISE_ONLY}
+    for a in p._actions:        # --layer and the layer-wise options do not apply: hide them
+        if hidden & set(a.option_strings):
             a.required, a.help = False, argparse.SUPPRESS
     p.add_argument("--num-layers", type=int, required=True,
                    help="layers trained jointly (sampling [k_prop] * L + [k_conv])")
@@ -105,13 +107,9 @@ def add_train_e2e_arguments(p: argparse.ArgumentParser) -> None:
 def main_train_e2e(args: argparse.Namespace) -> int:
     if args.layer is not None:
         raise InputError("--layer: train-e2e trains layers 1..--num-layers jointly")
-    if args.residual is not None:
-        raise InputError("--residual: applies to layer-wise training (`layer`, `train`)")
-    if args.residual_scale is not None:
-        raise InputError("--residual-scale: applies to layer-wise training (`layer`, `train`)")
-    if args.residual_damping is not None:
-        raise InputError("--residual-damping: applies to layer-wise training (`layer`, `train`)")
-    if args.input_dropout is not None:
-        raise InputError("--input-dropout: applies to layer-wise training (`layer`, `train`)")
+    for name in LAYERWISE_ONLY:
+        if getattr(args, name) is not None:
+            raise InputError(f"--{name.replace('_', '-')}: applies to layer-wise training "
+                             "(`layer`, `train`)")
     call(api.train_e2e, args)
     return 0

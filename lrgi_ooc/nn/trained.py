@@ -60,7 +60,7 @@ def save_layer(store: GraphStore, layer: int, conf: dict[str, Any], in_dim: int,
                residual_weights: tuple[float, float] = (1.0, 1.0)) -> None:
     """The frozen block of layer L, into the store (call before marking train/L complete);
     `residual`: its table is a * input + b * block output, (a, b) = `residual_weights`
-    (`--residual`; `--residual-scale s` gives (s, s), `--residual-damping`: `residual_weights`)."""
+    (`--residual`; from `--residual-scale` and `--residual-damping`: `residual_weights`)."""
     w = replace(GATWeights.from_block(block), residual=residual,
                 residual_weights=tuple(residual_weights) if residual else (1.0, 1.0))
     write_weights(store, layer, w, conf, in_dim)
