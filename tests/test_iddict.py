@@ -136,6 +136,25 @@ def test_bytewise_order_of_prefixes_zero_bytes_and_long_shared_prefixes():
     assert [got.value(i) for i in range(len(got))] == sorted(strings)
 
 
+@pytest.mark.parametrize("n", [2, 3, 25, 26, 1000, 40_000])
+@pytest.mark.parametrize("alphabet", [[0, 1], [0, 1, 2]])
+def test_bytewise_order_with_a_prefix_every_string_shares(n, alphabet):
+    """The key starts after the shared prefix (here "user-", and one string is just that)
+    and codes each byte in 2 bits (3 codes with the end: every code's bits used); long
+    strings of few letters tie on the key and are settled by insertion and by words."""
+    from lrgi_ooc.store.strsort import _shared_prefix, bytewise_order
+    rng = np.random.default_rng(n)
+    strings = {b"user-"}
+    while len(strings) < n:
+        tail = rng.choice(alphabet, size=int(rng.integers(0, 40))).astype(np.uint8)
+        strings.add(b"user-" + tail.tobytes())
+    strings = list(strings)
+    col = _col(strings)
+    assert _shared_prefix(col.offsets, col.kernel_data) == 5
+    order = bytewise_order(col)
+    assert [strings[i] for i in order] == sorted(strings)
+
+
 def test_a_huge_budget_reserves_no_more_arena_than_the_machine_can_map():
     import psutil
 
