@@ -9,7 +9,7 @@ orders the strings by key and carries the permutation in the low bits. Each run 
 keys is then settled on its own (one thread per run): short runs by insertion with a
 word-at-a-time comparison, long ones by words, 8 bytes deeper each round, strings that end
 within the shared bytes first, shortest first (each is a prefix of the longer). 10 M ids of
-the form `user-<16 hex>`: 2.0 s -> 0.5 s (docs/benchmarks.md, session 15).
+the form `user-<16 hex>`, loaded machine: 6.0 s -> 1.8 s (docs/benchmarks.md, session 15).
 """
 from __future__ import annotations
 
