@@ -3,8 +3,8 @@ dense ids from it (issue 16), and Arrow's generic string sort took 6.6 s for 10 
 
 One vectorised integer sort, then small settles. Every string's key is the bytes after the
 prefix all the strings share, each as an order-preserving code of as few bits as the bytes
-that occur need (hex digits: 5 bits, 8 of them; 0 marks the end of a string), as many as fit
-beside the string's index in one uint64: sorting those packed words (numpy's SIMD sort)
+that occur need (0 marks the end of a string), as many as fit beside the string's index in
+one uint64 (10 M hex ids: 8 codes of 5 bits beside 24 bits of index): sorting those packed words (numpy's SIMD sort)
 orders the strings by key and carries the permutation in the low bits. Each run of equal
 keys is then settled on its own (one thread per run): short runs by insertion with a
 word-at-a-time comparison, long ones by words, 8 bytes deeper each round, strings that end
