@@ -4,12 +4,13 @@ dense ids from it (issue 16), and Arrow's generic string sort took 6.6 s for 10 
 One vectorised integer sort, then small settles. Every string's key is the bytes after the
 prefix all the strings share, each as an order-preserving code of as few bits as the bytes
 that occur need (0 marks the end of a string), as many as fit beside the string's index in
-one uint64 (10 M hex ids: 8 codes of 5 bits beside 24 bits of index): sorting those packed words (numpy's SIMD sort)
-orders the strings by key and carries the permutation in the low bits. Each run of equal
-keys is then settled on its own (one thread per run): short runs by insertion with a
-word-at-a-time comparison, long ones by words, 8 bytes deeper each round, strings that end
-within the shared bytes first, shortest first (each is a prefix of the longer). 10 M ids of
-the form `user-<16 hex>`, loaded machine: 6.0 s -> 1.8 s (docs/benchmarks.md, session 15).
+one uint64 (10 M hex ids: 8 codes of 5 bits beside 24 bits of index): sorting those packed
+words (numpy's SIMD sort) orders the strings by key and carries the permutation in the low
+bits. Each run of equal keys is then settled on its own (one thread per run): short runs
+by insertion with a word-at-a-time comparison, long ones by words, 8 bytes deeper each
+round, strings that end within the shared bytes first, shortest first (each is a prefix of
+the longer). 10 M ids of the form `user-<16 hex>`, loaded machine: 6.0 s -> 1.8 s
+(docs/benchmarks.md, session 15).
 """
 from __future__ import annotations
 
@@ -87,24 +88,31 @@ def _unpack(packed, ib, order):
 
 
 @njit(cache=True, nogil=True)
-def _ties(packed, ib):
-    """(starts, ends) of the runs of equal keys longer than one string."""
+def _runs(packed, ib, starts, ends):
+    """Write the (start, end) of every run of equal keys longer than one string, if given
+    room; return how many there are."""
     n = packed.shape[0]
     sh = np.uint64(ib)
-    runs = 0
-    for i in range(1, n):
-        if (packed[i] >> sh) == (packed[i - 1] >> sh) and \
-                (i == 1 or (packed[i - 1] >> sh) != (packed[i - 2] >> sh)):
-            runs += 1
-    starts = np.empty(runs, np.int64)
-    ends = np.empty(runs, np.int64)
-    r = -1
-    for i in range(1, n):
-        if (packed[i] >> sh) == (packed[i - 1] >> sh):
-            if i == 1 or (packed[i - 1] >> sh) != (packed[i - 2] >> sh):
-                r += 1
-                starts[r] = i - 1
-            ends[r] = i + 1
+    r = 0
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and (packed[j] >> sh) == (packed[i] >> sh):
+            j += 1
+        if j - i > 1:
+            if r < starts.shape[0]:
+                starts[r], ends[r] = i, j
+            r += 1
+        i = j
+    return r
+
+
+def _ties(packed: np.ndarray, ib: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of equal keys longer than one string: counted, then written."""
+    none = np.empty(0, np.int64)
+    k = _runs(packed, ib, none, none)
+    starts, ends = np.empty(k, np.int64), np.empty(k, np.int64)
+    _runs(packed, ib, starts, ends)
     return starts, ends
 
 
