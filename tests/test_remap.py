@@ -244,6 +244,20 @@ def test_bad_edge_ids_are_one_line_errors(case, msg, tmp_path, capsys):
     assert sorted(x.name for x in tmp_path.iterdir()) == [p.name]
 
 
+def test_an_empty_id_is_named_by_column_and_row_of_the_input(tmp_path, capsys):
+    n = 5000
+    dst = [f"n{i + 1}" for i in range(n)]
+    dst[3210] = ""
+    p = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"a": [f"n{i}" for i in range(n)], "b": dst}), p,
+                   row_group_size=1000)
+    assert main(["preprocess", "--edges", str(p), "--src-col", "a", "--dst-col", "b",
+                 "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{p}: empty node id (column 'b', row 3211 of the edge list)" in err, err
+    assert not (tmp_path / "g").exists()
+
+
 def test_mixed_types_in_one_csv_column(tmp_path, capsys):
     p = tmp_path / "e.csv"
     rows = ["src,dst"] + [f"{i},{i + 1}" for i in range(300000)] + ["abc,5"]

@@ -269,12 +269,15 @@ class IdEdges:
     num_edges: int | None = None
     files: list[Path] = field(default_factory=list)
     int_range: tuple[int, int] | None = None    # (min, max) from Parquet statistics
+    columns: tuple[str, str] = ("src", "dst")   # the id columns' names, for messages
 
     def chunks(self) -> Iterator[tuple[object, object]]:
         from lrgi_ooc.store import idcols
+        row = 0
         for s, d in self.raw():
-            idcols.check_values(s, self.source)
-            idcols.check_values(d, self.source)
+            idcols.check_values(s, self.source, self.columns[0], row)
+            idcols.check_values(d, self.source, self.columns[1], row)
+            row += len(s)
             yield s, d
 
     def scan(self) -> tuple[int, int, int]:
@@ -375,7 +378,7 @@ def open_id_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
                     yield (_id_column(b.column(0), src_col, k, str(f)),
                            _id_column(b.column(1), dst_col, k, str(f)))
         rng = (int(lo), int(hi)) if stats and lo is not None and k == "int64" else None
-        return IdEdges(source, k, pq_gen, rows, files, rng)
+        return IdEdges(source, k, pq_gen, rows, files, rng, (src_col, dst_col))
     if kind == "csv":
         from pyarrow import csv as pcsv
 
@@ -415,7 +418,7 @@ def open_id_edges(path: str | Path, src_col: str = "src", dst_col: str = "dst",
                     raise InputError(f"{source}: {msg}") from None
                 yield (_id_column(b.column(0), src_col, k, source),
                        _id_column(b.column(1), dst_col, k, source))
-        return IdEdges(source, k, csv_gen, None, [p])
+        return IdEdges(source, k, csv_gen, None, [p], columns=(src_col, dst_col))
     raise InputError(f"--edges {p}: expected Parquet, CSV or .npy (use --npz for datasets)")
 
 

@@ -237,11 +237,13 @@ def load_blocks(path: Any, ncols: int):
             yield block
 
 
-def check_values(col: Col, source: str) -> None:
-    """Empty string ids are refused (a null is refused where the column is read)."""
+def check_values(col: Col, source: str, column: str = "", first_row: int = 0) -> None:
+    """Empty string ids are refused (a null is refused where the column is read); the message
+    names the column and the row of the input (`first_row`: the block's first row, 0-based)."""
     if isinstance(col, StrCol) and len(col) and (np.diff(col.offsets) == 0).any():
-        i = int(np.argmax(np.diff(col.offsets) == 0))
-        raise InputError(f"{source}: empty node id (row {i} of a block)")
+        i = first_row + int(np.argmax(np.diff(col.offsets) == 0))
+        where = f"column '{column}', " if column else ""
+        raise InputError(f"{source}: empty node id ({where}row {i + 1} of the edge list)")
 
 
 def display(col: Col, i: int) -> str:
