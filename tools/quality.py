@@ -151,6 +151,9 @@ def main() -> int:
                     res["sum"].append(residual_sum(g, depth, trained + 1, probe))
                 if args.probes == "lrgi":
                     shutil.rmtree(st, ignore_errors=True)
+                    done = seeds[:len(res["sec"])]
+                    partial(args.out, rows, dataset_row(args, name, raw, done, res, trained,
+                                                        depth))
                     continue
                 l2 = evaluate_store(g, depth, probe="l2", **probe)
                 res["l2_probe"].append(l2["test_mean"])
@@ -160,21 +163,42 @@ def main() -> int:
                 for i, v in enumerate(untrained(st, seed, depth, probe), start=1):
                     res[f"untrained{i}"].append(v)
                 shutil.rmtree(st, ignore_errors=True)
-            row = {"dataset": name, "metric": raw["metric"], "num_splits": raw["num_splits"],
-                   "split_source": raw["split_source"], "raw": raw["test_mean"],
-                   "seeds": seeds, "layers": trained, "probe_layer": depth,
-                   "probe_epochs": args.epochs,
-                   "steps": args.steps, "table_dtype": args.table_dtype,
-                   "label": args.label, "layer_args": args.layer_args,
-                   "deep_layer_args": args.deep_layer_args, **res}
+                partial(args.out, rows, dataset_row(args, name, raw, seeds[:len(res["sec"])],
+                                                    res, trained, depth))
+            row = dataset_row(args, name, raw, seeds, res, trained, depth)
             rows.append(row)
             print(json.dumps(row), flush=True)
+            save(args.out, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
     print(table(rows, trained, depth))
     return 0
+
+
+def dataset_row(args: argparse.Namespace, name: str, raw: dict[str, Any], seeds: list[int],
+                res: dict[str, list], trained: int, depth: int) -> dict[str, Any]:
+    """One dataset's JSON row over the seeds done so far."""
+    return {"dataset": name, "metric": raw["metric"], "num_splits": raw["num_splits"],
+            "split_source": raw["split_source"], "raw": raw["test_mean"],
+            "seeds": seeds, "layers": trained, "probe_layer": depth,
+            "probe_epochs": args.epochs, "steps": args.steps, "table_dtype": args.table_dtype,
+            "label": args.label, "layer_args": args.layer_args,
+            "deep_layer_args": args.deep_layer_args, **res}
+
+
+def save(out: str, rows: list[dict[str, Any]]) -> None:
+    """The JSON so far, written tmp + rename: a run stopped (or killed) after any seed keeps
+    every seed it finished."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    os.replace(tmp, path)
+
+
+def partial(out: str, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """After each seed: the finished datasets and this one's row, marked partial."""
+    save(out, rows + [{**row, "partial": True}])
 
 
 def table(rows: list[dict[str, Any]], trained: int, depth: int) -> str:
