@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lrgi_ooc.base.errors import InputError
 from lrgi_ooc.store.lock import writes_store
@@ -181,10 +181,12 @@ def evaluate(store: PathLike, *, layer: int, json: PathLike | None = None, num_s
              seed: int = 0, epochs: int = 1000, stream: bool | None = None,
              memory_limit: str | int = "2GB", batch_rows: int = 65536,
              device: str | None = None, probe: str = "lrgi", concat: bool = False,
-             concat_raw: bool = False, metric: str | None = None) -> dict[str, Any]:
+             concat_raw: bool = False, metric: str | None = None,
+             weight_decays: Sequence[float] | None = None) -> dict[str, Any]:
     """Linear probe of layer L's table (LRGI.md's protocol; `probe="l2"`: weight decay chosen
-    on validation; `concat`: layers 1..L side by side, `concat_raw`: 0..L; `metric`: default
-    by label kind); `json` also writes the result."""
+    on validation from `weight_decays`, default 1e-6 .. 1e-1 in half decades; `concat`:
+    layers 1..L side by side, `concat_raw`: 0..L; `metric`: default by label kind); `json`
+    also writes the result."""
     import json as json_mod
 
     from lrgi_ooc.base.memory import parse_size
@@ -199,7 +201,7 @@ def evaluate(store: PathLike, *, layer: int, json: PathLike | None = None, num_s
     res = evaluate_store(GraphStore(store), layer, num_splits=num_splits, seed=seed,
                          epochs=epochs, stream=stream, memory_limit=limit,
                          batch_rows=batch_rows, device=device, probe=probe, concat=concat,
-                         concat_raw=concat_raw, metric=metric)
+                         concat_raw=concat_raw, metric=metric, weight_decays=weight_decays)
     if json:
         with open(json, "w") as f:
             json_mod.dump(res, f, indent=2)

@@ -542,7 +542,11 @@ def test_bad_probe_options_are_one_line_errors(tmp_path, capsys):
              (["--metric", "x"], "--metric: must be one of accuracy, roc_auc, micro_f1"),
              (["--metric", "roc_auc"], "--metric roc_auc: needs binary or multi-label"),
              (["--layer", "2", "--concat"], "layer 2 table is missing"),
-             (["--layer", "3", "--concat-raw"], "layer 2 table is missing")]
+             (["--layer", "3", "--concat-raw"], "layer 2 table is missing"),
+             (["--weight-decays", "0.1"], "--weight-decays: the grid of the l2 probe"),
+             (["--probe", "l2", "--weight-decays", "0.1,x"], "--weight-decays: 'x' is not a"),
+             (["--probe", "l2", "--weight-decays=-1"], "--weight-decays: '-1' is not a"),
+             (["--probe", "l2", "--weight-decays", "nan"], "--weight-decays: 'nan' is not a")]
     for extra, msg in cases:
         argv = ["evaluate", s, "--layer", "1", "--epochs", "3", *extra]
         assert cli.main(argv) == 2, extra
@@ -568,6 +572,11 @@ def test_bad_probe_options_are_one_line_errors(tmp_path, capsys):
         lrgi_ooc.run({"store": str(tmp_path / "nowhere"), "evaluate": {"probe": "x"}})
     with pytest.raises(InputError, match=r"\[evaluate\]: concat must be true or false"):
         lrgi_ooc.run({"store": str(tmp_path / "nowhere"), "evaluate": {"concat": "yes"}})
+    with pytest.raises(InputError, match=r"\[evaluate\] weight_decays: must be a non-empty"):
+        lrgi_ooc.run({"store": str(tmp_path / "nowhere"),
+                      "evaluate": {"probe": "l2", "weight_decays": ["x"]}})
+    with pytest.raises(InputError, match=r"\[evaluate\] weight_decays: the grid of the l2"):
+        lrgi_ooc.run({"store": str(tmp_path / "nowhere"), "evaluate": {"weight_decays": [1.0]}})
 
 
 def test_cli_probe_flags_reach_the_json(tmp_path, capsys):
@@ -581,3 +590,12 @@ def test_cli_probe_flags_reach_the_json(tmp_path, capsys):
     assert doc["per_split"][0]["weight_decay"] in L2_GRID
     text = capsys.readouterr().out
     assert "0+1" in text and "l2" in text
+    # --weight-decays replaces the grid: the JSON is the API's with the same grid, exactly
+    assert cli.main(["evaluate", str(st.path), "--layer", "1", "--probe", "l2", "--epochs", "5",
+                     "--num-splits", "1", "--weight-decays", "0.5, 2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["weight_decay_grid"] == [0.5, 2.0]
+    assert len(doc["per_split"][0]["val_by_weight_decay"]) == 2
+    import lrgi_ooc
+    assert doc == lrgi_ooc.evaluate(st.path, layer=1, probe="l2", epochs=5, num_splits=1,
+                                    weight_decays=[0.5, 2.0])

@@ -36,9 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=D["metric"],
                    help="accuracy, roc_auc or micro_f1 (default: accuracy for classes, "
                         "roc_auc (and accuracy) for binary labels, micro_f1 for multi-label)")
+    p.add_argument("--weight-decays", metavar="W,W,...", default=None,
+                   help="the l2 probe's grid (default 1e-6 .. 1e-1, half decades: 11 values)")
 
 
 def main(args: argparse.Namespace) -> int:
     from lrgi_ooc.stages.evaluate import format_table
+    if args.weight_decays is not None:      # numbers checked, with the flag named, by the API
+        args.weight_decays = [v.strip() for v in args.weight_decays.split(",")]
     print(format_table([call(api.evaluate, args)]))
     return 0

@@ -362,13 +362,24 @@ def check_probe_options(probe: Any, metric: Any, concat: Any, concat_raw: Any,
             raise InputError(f"{name(opt)} must be true or false, got {v!r}")
 
 
-def _grid(probe: str, weight_decays: Sequence[float]) -> tuple[float, ...]:
+def _grid(probe: str, weight_decays: Sequence[float] | None) -> tuple[float, ...]:
     if probe == "lrgi":
+        if weight_decays is not None:
+            raise InputError("--weight-decays: the grid of the l2 probe (add --probe l2)")
         return (0.0,)
-    grid = tuple(float(w) for w in weight_decays)
-    if not grid or not all(np.isfinite(w) and w >= 0 for w in grid):
-        raise InputError(f"weight decays of the l2 probe must be finite and >= 0, got {grid}")
-    return grid
+    if weight_decays is None:
+        return L2_GRID
+    grid = []
+    for w in weight_decays:
+        try:
+            grid.append(float(w))
+        except (TypeError, ValueError):
+            grid.append(float("nan"))
+        if not (np.isfinite(grid[-1]) and grid[-1] >= 0) or isinstance(w, bool):
+            raise InputError(f"--weight-decays: {w!r} is not a number >= 0")
+    if not grid:
+        raise InputError("--weight-decays: the l2 probe's grid is empty")
+    return tuple(grid)
 
 
 def linear_probe(x_train: Any, y_train: Any, x_val: Any, y_val: Any, x_test: Any, y_test: Any,
@@ -468,13 +479,13 @@ def evaluate_store(store: GraphStore, layer: int, *, num_splits: int = 5, seed: 
                    batch_rows: int = 65536, device: str | torch.device | None = None,
                    lr: float = 1e-2, weights: bool = False, probe: str = "lrgi",
                    concat: bool = False, concat_raw: bool = False, metric: str | None = None,
-                   weight_decays: Sequence[float] = L2_GRID) -> dict[str, Any]:
+                   weight_decays: Sequence[float] | None = None) -> dict[str, Any]:
     """Probe one table of the store (or, with `concat`, several side by side) over its
     split(s), or random 10/10/80 splits.
 
     Returns the JSON document of docs/cli.md; `weights=True` adds each split's chosen
     weight/bias (numpy) to `per_split`, for comparisons, which makes it non-JSON.
-    `weight_decays` is the `l2` probe's grid.
+    `weight_decays` is the `l2` probe's grid (None: L2_GRID).
     """
     layer = int(layer)
     if layer < 0:

@@ -32,7 +32,8 @@ PIPELINE_KEYS = {"store", "num_layers", "synth", "preprocess", "train", "layer",
 EMBED_KEYS = {"max_edges", "device", "memory_limit", "source_blocks", "table_dtype"}
 DASK_KEYS = {"workers", "scheduler", "gpu_task"}
 EVALUATE_KEYS = {"layers", "num_splits", "seed", "epochs", "json", "stream", "memory_limit",
-                 "device", "probe", "concat", "concat_raw", "metric"}
+                 "device", "probe", "concat", "concat_raw", "metric",
+                 "weight_decays"}
 INPUT_STAGE = "pipeline/input"
 
 
@@ -242,6 +243,14 @@ def _check_evaluate_values(eval_opts: dict[str, Any], n: int, source: str) -> No
         parse_size(str(eval_opts["memory_limit"]), f"{where} memory_limit")
     if eval_opts.get("stream") is not None and not isinstance(eval_opts["stream"], bool):
         raise InputError(f"{where} stream: must be true or false, got {eval_opts['stream']!r}")
+    wd = eval_opts.get("weight_decays")
+    if wd is not None and not (isinstance(wd, list) and wd and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+            for v in wd)):
+        raise InputError(f"{where} weight_decays: must be a non-empty list of numbers >= 0, "
+                         f"got {wd!r}")
+    if wd is not None and eval_opts.get("probe", "lrgi") != "l2":
+        raise InputError(f"{where} weight_decays: the grid of the l2 probe (set probe = \"l2\")")
     if "json" in eval_opts and not isinstance(eval_opts["json"], str):
         raise InputError(f"{where} json: must be a path, got {eval_opts['json']!r}")
     if eval_opts.get("device") not in (None, "cpu", "cuda"):
