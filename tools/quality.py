@@ -149,19 +149,14 @@ def main() -> int:
                 res["concat"].append(evaluate_store(g, depth, concat=True, **probe)["test_mean"])
                 if depth >= 2:
                     res["sum"].append(residual_sum(g, depth, trained + 1, probe))
-                if args.probes == "lrgi":
-                    shutil.rmtree(st, ignore_errors=True)
-                    done = seeds[:len(res["sec"])]
-                    partial(args.out, rows, dataset_row(args, name, raw, done, res, trained,
-                                                        depth))
-                    continue
-                l2 = evaluate_store(g, depth, probe="l2", **probe)
-                res["l2_probe"].append(l2["test_mean"])
-                res["l2_weight_decays"].append([s["weight_decay"] for s in l2["per_split"]])
-                res["l2_probe_concat"].append(evaluate_store(g, depth, probe="l2", concat=True,
-                                                       **probe)["test_mean"])
-                for i, v in enumerate(untrained(st, seed, depth, probe), start=1):
-                    res[f"untrained{i}"].append(v)
+                if args.probes == "full":
+                    l2 = evaluate_store(g, depth, probe="l2", **probe)
+                    res["l2_probe"].append(l2["test_mean"])
+                    res["l2_weight_decays"].append([s["weight_decay"] for s in l2["per_split"]])
+                    res["l2_probe_concat"].append(evaluate_store(g, depth, probe="l2",
+                                                                 concat=True, **probe)["test_mean"])
+                    for i, v in enumerate(untrained(st, seed, depth, probe), start=1):
+                        res[f"untrained{i}"].append(v)
                 shutil.rmtree(st, ignore_errors=True)
                 partial(args.out, rows, dataset_row(args, name, raw, seeds[:len(res["sec"])],
                                                     res, trained, depth))

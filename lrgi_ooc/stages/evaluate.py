@@ -362,23 +362,27 @@ def check_probe_options(probe: Any, metric: Any, concat: Any, concat_raw: Any,
             raise InputError(f"{name(opt)} must be true or false, got {v!r}")
 
 
-def _grid(probe: str, weight_decays: Sequence[float] | None) -> tuple[float, ...]:
+def check_weight_decays(probe: str, weight_decays: Sequence[float] | None,
+                        name: str = "--weight-decays") -> tuple[float, ...]:
+    """The l2 probe's grid (None: L2_GRID), or the one-line error naming `name` (the flag, or
+    a config key): values must be numbers >= 0, and a grid belongs to the l2 probe only."""
     if probe == "lrgi":
         if weight_decays is not None:
-            raise InputError("--weight-decays: the grid of the l2 probe (add --probe l2)")
+            raise InputError(f"{name}: the grid of the l2 probe (with --probe l2 only)")
         return (0.0,)
     if weight_decays is None:
         return L2_GRID
     grid = []
     for w in weight_decays:
         try:
-            grid.append(float(w))
+            v = float(w)
         except (TypeError, ValueError):
-            grid.append(float("nan"))
-        if not (np.isfinite(grid[-1]) and grid[-1] >= 0) or isinstance(w, bool):
-            raise InputError(f"--weight-decays: {w!r} is not a number >= 0")
+            v = float("nan")
+        if isinstance(w, bool) or not (np.isfinite(v) and v >= 0):
+            raise InputError(f"{name}: {w!r} is not a number >= 0")
+        grid.append(v)
     if not grid:
-        raise InputError("--weight-decays: the l2 probe's grid is empty")
+        raise InputError(f"{name}: the l2 probe's grid is empty")
     return tuple(grid)
 
 
@@ -405,7 +409,8 @@ def linear_probe(x_train: Any, y_train: Any, x_val: Any, y_val: Any, x_test: Any
     feeds = [_Feed(p, mean, std, multilabel=multilabel, device=dev, batch_rows=p.n,
                    resident=True) for p in parts]
     return _fit(*feeds, num_features=mean.size, num_classes=num_classes, kind=kind,
-                metrics=_metrics(kind, metric, num_classes), weight_decays=_grid("l2", grid),
+                metrics=_metrics(kind, metric, num_classes),
+                weight_decays=check_weight_decays("l2", grid),
                 epochs=epochs, lr=lr, device=dev, trace=trace)
 
 
@@ -493,7 +498,7 @@ def evaluate_store(store: GraphStore, layer: int, *, num_splits: int = 5, seed: 
     if num_splits < 1 or epochs < 1 or batch_rows < 1:
         raise InputError("--num-splits, --epochs and --batch-rows must be >= 1")
     check_probe_options(probe, metric, concat, concat_raw)
-    grid = _grid(probe, weight_decays)
+    grid = check_weight_decays(probe, weight_decays)
     labels = store.labels()
     if labels is None:
         raise InputError(f"{store.path}: store has no labels: nothing to probe")

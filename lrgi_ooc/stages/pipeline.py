@@ -244,13 +244,13 @@ def _check_evaluate_values(eval_opts: dict[str, Any], n: int, source: str) -> No
     if eval_opts.get("stream") is not None and not isinstance(eval_opts["stream"], bool):
         raise InputError(f"{where} stream: must be true or false, got {eval_opts['stream']!r}")
     wd = eval_opts.get("weight_decays")
-    if wd is not None and not (isinstance(wd, list) and wd and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
-            for v in wd)):
-        raise InputError(f"{where} weight_decays: must be a non-empty list of numbers >= 0, "
-                         f"got {wd!r}")
-    if wd is not None and eval_opts.get("probe", "lrgi") != "l2":
-        raise InputError(f"{where} weight_decays: the grid of the l2 probe (set probe = \"l2\")")
+    if wd is not None:      # TOML types here; the values and the probe as evaluate checks them
+        if not (isinstance(wd, list) and wd and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in wd)):
+            raise InputError(f"{where} weight_decays: must be a non-empty list of numbers "
+                             f">= 0, got {wd!r}")
+        from lrgi_ooc.stages.evaluate import check_weight_decays
+        check_weight_decays(eval_opts.get("probe", "lrgi"), wd, f"{where} weight_decays")
     if "json" in eval_opts and not isinstance(eval_opts["json"], str):
         raise InputError(f"{where} json: must be a path, got {eval_opts['json']!r}")
     if eval_opts.get("device") not in (None, "cpu", "cuda"):
