@@ -176,3 +176,38 @@ def test_dask_spill_task_in_slices_equals_one_slice(tmp_path, monkeypatch):
     assert loops >= 30
     assert a == b and np.array_equal(ha, hb) and (la, ea) == (lb, eb) == (loops, 13002)
     assert ha.sum() == 2 * (13002 - loops)                     # undirected, loops dropped
+
+
+def test_sort_scratch_is_as_wide_as_the_widest_part(tmp_path, monkeypatch):
+    """Each thread's out-of-place scratch holds the largest part's edges (any run of one part's
+    histogram blocks), capped at _PART_TMP: every part still sorts out of place, and the budget
+    sets aside only that."""
+    rng = np.random.default_rng(4)
+    src = rng.integers(0, 200_000, 50_000)
+    dst = np.concatenate([rng.integers(0, 1 << 15, 30_000),      # part 0: 30k in-edges
+                          rng.integers(1 << 15, 200_000, 20_000)])
+    widths = []
+    rows = csrbuild._Build._range
+
+    def _range(self, *a):
+        out = rows(self, *a)
+        widths.append((self.tmp_width, self.bufs["tmp"].shape[1]))
+        return out
+    monkeypatch.setattr(csrbuild._Build, "_range", _range)
+    res, indptr, indices, _ = run(tmp_path, src, dst, 200_000, chunk=10_000,
+                                  remove_self_loops=False)
+    ref_ptr, ref_idx = reference(src, dst, 200_000, False, False, True)
+    np.testing.assert_array_equal(indptr, ref_ptr)
+    np.testing.assert_array_equal(indices, ref_idx)
+    counts = np.bincount(dst >> 15)
+    assert widths and all(w == scratch == counts.max() for w, scratch in widths)
+    b = csrbuild._Build(GraphStore.create(tmp_path / "h", {}), 1 << 20, "e", False, True, True,
+                        1 << 30, tmp_path / "w")
+    g = 1 << (b.pshift - b.shift)                 # blocks a part: 2^11 (shift 4)
+    b.hist[3:5] = [100, 50]
+    b.hist[10_000], b.hist[10_000 + g - 1] = 70, 90     # a part may start at any block
+    assert g == 2048 and b.tmp_width == 160
+    b.hist[10_000 + g] = 500                      # one block on: one part holds it with the 90
+    assert b.tmp_width == 90 + 500                # the window that leaves the 70 out
+    monkeypatch.setattr(csrbuild, "_PART_TMP", 120)
+    assert b.tmp_width == 120

@@ -132,6 +132,34 @@ def test_remapped_store_equals_an_in_memory_reference(kind, path, tmp_path):
     _same_arrays(tmp_path / "g.zarr", tmp_path / "again.zarr")
 
 
+def test_passes_after_the_remap_leave_out_what_it_left_resident(tmp_path, monkeypatch):
+    """The partitioned passes (after a dictionary that did not fit) and the CSR build get
+    --memory-limit less the anonymous memory the passes before them left resident."""
+    from lrgi_ooc.base import memory
+    from lrgi_ooc.csr import build as csrbuild
+    from lrgi_ooc.ingest import remap
+    from lrgi_ooc.stages import remapped
+    files, ref = _graph(tmp_path / "in", "int64")
+    monkeypatch.setattr(remap, "IN_MEMORY", True)
+    monkeypatch.setattr(remap.InMemory, "collect", lambda self, *a: False)   # did not fit
+    grown = iter(range(0, 1 << 40, 100 << 10))              # +100 KB each time it is read
+    monkeypatch.setattr(memory, "anon_rss_bytes", lambda: next(grown))
+    limits = {}
+    init = remap.Remap.__init__
+    monkeypatch.setattr(remap.Remap, "__init__", lambda self, w, k, limit, *a, **kw:
+                        limits.setdefault("remap", limit) and init(self, w, k, limit, *a, **kw))
+    build = csrbuild.build_csr
+    monkeypatch.setattr(csrbuild, "build_csr", lambda *a, memory_limit, **kw:
+                        limits.setdefault("csr", memory_limit) and build(*a, memory_limit=
+                                                                         memory_limit, **kw))
+    assert _preprocess(files, tmp_path / "g.zarr") == 0         # --memory-limit 1MB
+    assert limits["remap"] == (1 << 20) - (100 << 10)       # one read since the start
+    assert limits["csr"] == (1 << 20) - (100 << 10) * 2
+    monkeypatch.setattr(memory, "anon_rss_bytes", lambda: 1 << 30)
+    assert remapped._left(1 << 20, 0) == 1 << 19            # never below half the limit
+    _check_store(tmp_path / "g.zarr", ref, "int64")
+
+
 def _same_arrays(a: Path, b: Path) -> None:
     """Every file but the root zarr.json (its provenance names the command and the time)."""
     fa = {str(p.relative_to(a)): p.read_bytes() for p in sorted(a.rglob("*"))

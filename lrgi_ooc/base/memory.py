@@ -30,6 +30,20 @@ def peak_rss_bytes() -> int:
     return r if sys.platform == "darwin" else r * 1024
 
 
+def anon_rss_bytes() -> int:
+    """Anonymous resident memory of this process now (Linux; 0 elsewhere): what a pass left
+    behind for the next (tables, allocator pools, compiled kernels), which the next pass's
+    budget must leave out."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 _LIBC: list = []
 
 

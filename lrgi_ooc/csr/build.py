@@ -140,9 +140,20 @@ class _Build:
         idx_chunk = isz * store_module.chunk_rows_for(max(self.stored, 1), isz)
         nt = self.threads or _numba_threads()
         reserve = (self.hist.nbytes + 2 * self.id_dt.itemsize * _PIECE
-                   + nt * ((16 << self.pshift) + isz * _PART_TMP)
+                   + nt * ((16 << self.pshift) + isz * self.tmp_width)
                    + ptr_chunk + idx_chunk + max(ptr_chunk, idx_chunk))
         return max(self.limit - reserve, self.limit // 4, _MIN_BUDGET)
+
+    @property
+    def tmp_width(self) -> int:
+        """Edges of a thread's out-of-place sort scratch: the largest part's (any run of one
+        part's histogram blocks), capped at _PART_TMP. A fixed _PART_TMP row (16 MB of int32)
+        for each thread was mostly untouched, but huge pages back what little is touched
+        by 2 MB at a time, and the budget set it all aside."""
+        g = 1 << (self.pshift - self.shift)
+        c = np.concatenate([[0], np.cumsum(self.hist)])
+        widest = int((c[g:] - c[:-g]).max()) if len(c) > g else int(c[-1])
+        return max(1, min(_PART_TMP, widest))
 
     @property
     def num_nodes(self) -> int:
@@ -174,7 +185,8 @@ class _Build:
     def _buf(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A reused buffer (fresh memory pays a slow first touch on these machines)."""
         b = self.bufs.get(name)
-        if b is None or b.dtype != dtype or b.shape[0] < shape[0]:
+        if (b is None or b.dtype != dtype or b.shape[0] < shape[0]
+                or b.shape[1:] != tuple(shape[1:])):
             self.bufs.pop(name, None)
             b = self.bufs[name] = _empty(shape, dtype)
         return b[:shape[0]]
@@ -413,7 +425,7 @@ class _Build:
         e = kern._rows(out, dl, starts, ps, hi - lo, self.dedup, ip,
                        self._buf("cnt", (nt, (1 << ps) + 1), np.int64),
                        self._buf("nxt", (nt, 1 << ps), np.int64),
-                       self._buf("tmp", (nt, _PART_TMP), self.out_dt),
+                       self._buf("tmp", (nt, self.tmp_width), self.out_dt),
                        self._buf("kept", (len(starts) - 1,), np.int64))
         return out[:e], ip[1:]
 

@@ -272,6 +272,9 @@ class Remap:
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def written(self) -> None:
+        """The ids are in the store (nothing of them is held here)."""
+
 
 def _release_arrow_memory() -> None:
     """Hand the pages Arrow's pool kept after reading the input back to the OS (the CSR
@@ -455,9 +458,11 @@ class InMemory:
                 try:
                     pair = [d.add(s), d.add(t)]
                 except OverflowError:
-                    return False
-                if d.nbytes > self.budget:       # does not fit: the partitioned passes
-                    return False
+                    pair = None
+                if pair is None or d.nbytes > self.budget:  # does not fit: partitioned passes
+                    del d, s, t, pair
+                    _release_arrow_memory()      # the pages the partial read kept (94 MB of
+                    return False                 # a 256 MB budget, measured)
                 idcols.save(f, pair)
                 pb.update(idcols.length(s))
         if not len(d):
@@ -471,16 +476,21 @@ class InMemory:
             self.uniq, rank = iddict.sorted_int_ranks(distinct)
         del distinct
         self.entry_rank = iddict.entry_ranks(span, entries, rank)
+        self.n = idcols.length(self.uniq)
         self.input = lambda: iter(idcols.load_blocks(raw, 2))
         _release_arrow_memory()
         return True
 
     @property
     def num_nodes(self) -> int:
-        return idcols.length(self.uniq)
+        return self.n
 
     def ids(self) -> Iterator[Col]:
         yield self.uniq
+
+    def written(self) -> None:
+        """The ids are in the store: only the entry-to-dense-id table stays for the CSR build."""
+        self.uniq = None
 
     def chunks(self) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
         """(dense src, dense dst) chunks: each read of the raw file gathers its entries' dense
