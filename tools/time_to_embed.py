@@ -10,28 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench_preprocess import measured  # the fresh-process wall / ru_maxrss wrapper
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
-WRAPPER = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
 
 
 def _run(args: list[str]) -> tuple[float, int]:
     """(wall seconds, peak RSS MiB) of one `lrgi-ooc` command in a fresh process."""
-    env = dict(os.environ, LRGI_OOC_QUIET="1", PYTHONPATH=str(ROOT))
-    t0 = time.time()
-    p = subprocess.run([sys.executable, "-c", WRAPPER, sys.executable, "-m", "lrgi_ooc", *args],
-                       capture_output=True, text=True, env=env)
-    if p.returncode:
-        sys.exit(f"time_to_embed: {' '.join(args[:2])} failed: {p.stderr.strip()[-500:]}")
-    return time.time() - t0, int(p.stdout.strip().splitlines()[-1]) // 1024
+    try:
+        wall, rss, _ = measured([sys.executable, "-m", "lrgi_ooc", *args])
+    except RuntimeError as e:
+        sys.exit(f"time_to_embed: {' '.join(args[:2])} failed: {str(e)[-500:]}")
+    return wall, rss // 2**20
 
 
 def one(name: str, work: Path) -> dict:
